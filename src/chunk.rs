@@ -1,0 +1,146 @@
+//! Chunks: the unit that crosses the pipeline (SPEC §2), and its acknowledgement.
+//!
+//! A tailer sends a [`Chunk`] of entries (never one message per line). The forwarder shares it
+//! among every receiver as an `Arc<Chunk>` after [`Chunk::expect_finishers`]; each receiver calls
+//! [`Chunk::finish`] exactly once, when Loki acknowledged it or when policy dropped it. When the
+//! last receiver finishes, the chunk's sequence number goes back to its tailer, which moves its
+//! acknowledged cursor (SPEC §4.4). Bookkeeping is one atomic per chunk, not per line.
+//!
+//! Dropping a chunk without finishing it is *not* an acknowledgement: lines a receiver never
+//! delivered (shutdown timeout) must be read again after a restart.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::target::{Stream, TargetId};
+
+/// One log line with its timestamp.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub timestamp: Timestamp,
+    pub line: Bytes,
+}
+
+/// Where acknowledgements of a tailer's chunks go: the chunk sequence numbers, in any order.
+pub type AckSender = UnboundedSender<u64>;
+
+/// A run of entries from one target, sent together.
+#[derive(Debug)]
+pub struct Chunk {
+    pub target: Arc<TargetId>,
+    pub stream: Arc<Stream>,
+    pub entries: Vec<Entry>,
+    /// Sum of the line lengths, what queues and batches account in.
+    pub bytes: usize,
+    /// When the first entry was read (for `loki_write_entry_propagation_latency_seconds`).
+    pub read_at: Instant,
+    /// Position of this chunk in its tailer's sequence.
+    pub seq: u64,
+    pending: AtomicUsize,
+    ack: Option<AckSender>,
+}
+
+impl Chunk {
+    /// Builds a chunk; `ack` receives `seq` once every receiver finished with it.
+    pub fn new(
+        target: Arc<TargetId>,
+        stream: Arc<Stream>,
+        entries: Vec<Entry>,
+        seq: u64,
+        read_at: Instant,
+        ack: Option<AckSender>,
+    ) -> Chunk {
+        let bytes = entries.iter().map(|e| e.line.len()).sum();
+        Chunk {
+            target,
+            stream,
+            entries,
+            bytes,
+            read_at,
+            seq,
+            pending: AtomicUsize::new(0),
+            ack,
+        }
+    }
+
+    /// Sets how many receivers must finish this chunk; called by the forwarder before fan-out.
+    /// With zero receivers the chunk is acknowledged at once.
+    pub fn expect_finishers(&self, receivers: usize) {
+        self.pending.store(receivers, Ordering::Release);
+        if receivers == 0 {
+            self.acknowledge();
+        }
+    }
+
+    /// One receiver is done with this chunk (delivered, or dropped by policy).
+    pub fn finish(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.acknowledge();
+        }
+    }
+
+    fn acknowledge(&self) {
+        if let Some(ack) = &self.ack {
+            // The tailer may be gone already (stopped); nothing to move then.
+            let _ = ack.send(self.seq);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::Labels;
+
+    fn chunk(ack: AckSender) -> Chunk {
+        let id = Arc::new(TargetId {
+            namespace: "ns".into(),
+            pod: "p".into(),
+            container: "c".into(),
+            uid: "u".into(),
+        });
+        let stream = Arc::new(Stream {
+            labels: Labels::default(),
+            tenant: None,
+        });
+        let e = Entry {
+            timestamp: Timestamp::UNIX_EPOCH,
+            line: Bytes::from_static(b"abc"),
+        };
+        Chunk::new(id, stream, vec![e.clone(), e], 7, Instant::now(), Some(ack))
+    }
+
+    #[test]
+    fn acknowledged_once_when_every_receiver_finished() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let c = chunk(tx);
+        assert_eq!(c.bytes, 6);
+        c.expect_finishers(2);
+        c.finish();
+        assert!(rx.try_recv().is_err());
+        c.finish();
+        assert_eq!(rx.try_recv().unwrap(), 7);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn no_receiver_means_acknowledged_at_once() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        chunk(tx).expect_finishers(0);
+        assert_eq!(rx.try_recv().unwrap(), 7);
+    }
+
+    #[test]
+    fn dropping_unfinished_is_not_an_ack() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let c = chunk(tx);
+        c.expect_finishers(1);
+        drop(c);
+        assert!(rx.try_recv().is_err());
+    }
+}

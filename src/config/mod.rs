@@ -1,0 +1,3 @@
+//! Configuration: TOML model, `${VAR}` expansion, units, validation (SPEC §4).
+pub mod model;
+pub use model::*;

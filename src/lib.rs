@@ -1,0 +1,37 @@
+//! kube-log-relay: tails Kubernetes container logs through the API server and pushes them to
+//! Grafana Loki, exactly once.
+//!
+//! # A tour (SPEC §2)
+//!
+//! Data flows one way through actix actors, each a thin shell over plain, tested logic:
+//!
+//! - [`discovery`] watches pods (kube-runtime), builds the `__meta_kubernetes_*` labels, applies
+//!   the `[[relabel]]` rules ([`discovery::relabel`]) and sends *complete* [`target::TargetSet`]s.
+//! - [`registry`] diffs each set against the running tailers by [`target::TargetId`]: it starts,
+//!   drains, or relabels in place.
+//! - [`tail`] runs one tailer per container: it follows `pods/log`, splits lines
+//!   ([`tail::line`]), keeps the exactly-once [`tail::cursor`], reconnects and decides termination.
+//!   It sends [`chunk::Chunk`]s and awaits each send, so a full queue pushes back to the stream.
+//! - [`forward`] fans each chunk out to every receiver's bounded queue and routes
+//!   acknowledgements back to the tailers when every receiver is done with a chunk.
+//! - [`receiver`] batches per tenant, encodes Loki's protobuf+snappy push and applies the retry
+//!   policy; one failing receiver never delays another unless `on_full = "block"` says so.
+//!
+//! Around them: [`config`] (TOML, validated in one pass), [`kube`] (the API client),
+//! [`server`] (metrics, status pages), [`sim`] (the Kubernetes and Loki look-alike that tests,
+//! benchmarks and the demo run against) and [`app`] which wires it all together.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod chunk;
+pub mod config;
+pub mod discovery;
+pub mod forward;
+pub mod kube;
+pub mod logproto;
+pub mod receiver;
+pub mod registry;
+pub mod server;
+pub mod sim;
+pub mod tail;
+pub mod target;

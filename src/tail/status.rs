@@ -1,0 +1,71 @@
+//! What a tailer shows about itself in `/api/v1/targets` and the status page (SPEC §8.3).
+//!
+//! Written by the tailer, read by the HTTP server through the registry. A plain mutex: it is
+//! touched once per chunk, not per line.
+
+use std::sync::Mutex;
+
+use jiff::Timestamp;
+use serde::Serialize;
+
+/// A target's life cycle state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetState {
+    /// Waiting for the container to start (API answered "waiting to start").
+    #[default]
+    Waiting,
+    /// A stream is open and being read.
+    Running,
+    /// The last stream failed; reopening after a backoff.
+    Backoff,
+    /// The pod is gone or the target vanished: reading what is left.
+    Draining,
+    /// The container terminated for good, or the target was stopped.
+    Finished,
+}
+
+impl TargetState {
+    /// The label value used in `kube_log_relay_targets{state}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetState::Waiting => "waiting",
+            TargetState::Running => "running",
+            TargetState::Backoff => "backoff",
+            TargetState::Draining => "draining",
+            TargetState::Finished => "finished",
+        }
+    }
+}
+
+/// A snapshot of one tailer.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TailerSnapshot {
+    pub state: TargetState,
+    pub last_read: Option<Timestamp>,
+    pub last_entry_timestamp: Option<Timestamp>,
+    pub last_error: Option<String>,
+    /// The read cursor, `since` as RFC 3339 and `skip`.
+    pub cursor_since: Option<Timestamp>,
+    pub cursor_skip: u64,
+    pub container_id: Option<String>,
+    pub lines: u64,
+    pub bytes: u64,
+    pub reconnects: u64,
+}
+
+/// Shared, updatable status of a tailer.
+#[derive(Debug, Default)]
+pub struct TailerStatus(Mutex<TailerSnapshot>);
+
+impl TailerStatus {
+    /// A copy of the current status.
+    pub fn snapshot(&self) -> TailerSnapshot {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes the status in place.
+    pub fn update(&self, f: impl FnOnce(&mut TailerSnapshot)) {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}

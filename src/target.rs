@@ -1,0 +1,182 @@
+//! Targets: one container to tail, named by its identity and carrying its label sets.
+//!
+//! SPEC §2 and §4.3. Discovery produces complete [`TargetSet`]s; the registry diffs them by
+//! [`TargetId`]; the tailer stamps every chunk with the target's shared public [`Labels`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// A label map in name order, as discovery and relabelling see it (may hold `__` labels).
+pub type LabelMap = BTreeMap<String, String>;
+
+/// Target identity (SPEC §2): what the registry diffs on and positions are keyed by.
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct TargetId {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub uid: String,
+}
+
+impl fmt::Display for TargetId {
+    /// `namespace/pod/container`, the form used in every log line and error message.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.pod, self.container)
+    }
+}
+
+/// The public labels of a stream: sorted, without `__` labels, rendered once in Loki's
+/// Prometheus text form (`{a="b", c="d"}`) so encoding a batch never re-renders them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Labels {
+    pairs: Vec<(String, String)>,
+    text: String,
+}
+
+impl Labels {
+    /// Builds public labels from a label map, dropping every name that starts with `__`.
+    pub fn public_from(map: &LabelMap) -> Labels {
+        Labels::from_pairs(
+            map.iter()
+                .filter(|(k, _)| !k.starts_with("__"))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        )
+    }
+
+    /// Builds labels from pairs; later duplicates win, the result is sorted by name.
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Labels {
+        let map: BTreeMap<String, String> = pairs.into_iter().collect();
+        let pairs: Vec<(String, String)> = map.into_iter().collect();
+        let text = render(&pairs);
+        Labels { pairs, text }
+    }
+
+    /// The pairs in name order.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.pairs
+    }
+
+    /// The value of one label.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| self.pairs[i].1.as_str())
+    }
+
+    /// Loki's stream selector form: `{a="b", c="d"}`.
+    pub fn as_text(&self) -> &str {
+        &self.text
+    }
+
+    /// Number of label names.
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// True when there is no label.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// A copy with `extra` labels added where the name is not already present
+    /// (`external_labels` never override a target's own labels, as in the reference).
+    pub fn with_defaults(&self, extra: &[(String, String)]) -> Labels {
+        if extra.is_empty() {
+            return self.clone();
+        }
+        let mut map: BTreeMap<String, String> = extra.iter().cloned().collect();
+        map.extend(self.pairs.iter().cloned());
+        Labels::from_pairs(map)
+    }
+}
+
+fn render(pairs: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(2 + pairs.len() * 24);
+    out.push('{');
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
+/// The stream a tailer writes to: public labels plus the tenant chosen by `__tenant_id__`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Stream {
+    pub labels: Labels,
+    /// `__tenant_id__` of the target; `None` means the receiver's own `tenant_id`.
+    pub tenant: Option<String>,
+}
+
+/// One container to tail.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    pub id: TargetId,
+    /// Public labels and tenant, shared by every chunk of this target.
+    pub stream: Arc<Stream>,
+    /// Every label discovery found, before relabelling (for `/api/v1/targets`).
+    pub discovered: Arc<LabelMap>,
+    /// `__meta_kubernetes_pod_container_id` when known (changes when the container restarts).
+    pub container_id: Option<String>,
+}
+
+/// A target that relabelling kept but that cannot be tailed, with the reason (SPEC §4.3).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RejectedTarget {
+    pub discovered: Arc<LabelMap>,
+    pub labels: LabelMap,
+    pub reason: String,
+}
+
+/// A complete target set: discovery sends whole sets, never deltas (SPEC §2).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TargetSet {
+    pub targets: BTreeMap<TargetId, Target>,
+    pub rejected: Vec<RejectedTarget>,
+}
+
+/// Discovery → registry: the new complete target set.
+#[derive(actix::Message, Debug)]
+#[rtype(result = "()")]
+pub struct SetTargets(pub TargetSet);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_labels_drop_reserved_names_and_render_sorted() {
+        let mut m = LabelMap::new();
+        m.insert("pod".into(), "web-1".into());
+        m.insert("__tenant_id__".into(), "t".into());
+        m.insert("app".into(), "say \"hi\"\\".into());
+        let l = Labels::public_from(&m);
+        assert_eq!(l.as_text(), r#"{app="say \"hi\"\\", pod="web-1"}"#);
+        assert_eq!(l.get("pod"), Some("web-1"));
+        assert_eq!(l.get("__tenant_id__"), None);
+    }
+
+    #[test]
+    fn external_labels_do_not_override() {
+        let l = Labels::from_pairs([("a".to_string(), "1".to_string())]);
+        let l2 = l.with_defaults(&[("a".into(), "x".into()), ("cluster".into(), "c".into())]);
+        assert_eq!(l2.as_text(), r#"{a="1", cluster="c"}"#);
+    }
+}
