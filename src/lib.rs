@@ -25,9 +25,11 @@
 pub mod app;
 pub mod chunk;
 pub mod config;
+pub mod demo;
 pub mod discovery;
 pub mod forward;
 pub mod kube;
+pub mod logging;
 pub mod logproto;
 pub mod receiver;
 pub mod registry;

@@ -1,1 +1,115 @@
-fn main() {}
+//! The `kube-log-relay` command line (SPEC §3): parse arguments, load the configuration, start the
+//! system, map errors to exit codes (0 success, 1 invalid configuration, 2 runtime failure).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use kube_log_relay::{app, config, demo, logging, sim};
+
+#[derive(Parser)]
+#[command(
+    name = "kube-log-relay",
+    version,
+    about = "Tails Kubernetes container logs through the API server and pushes them to Grafana Loki, exactly once."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file (for the default `run` command).
+    #[arg(
+        long,
+        short,
+        env = "KUBE_LOG_RELAY_CONFIG",
+        default_value = "config.toml",
+        global = true
+    )]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay (the default).
+    Run,
+    /// Validate the configuration, print every error, exit 1 when there is any.
+    Check,
+    /// Run the relay against an in-process simulator and print what it ships.
+    Demo {
+        /// Where the relay's HTTP endpoints listen.
+        #[arg(long, default_value = "127.0.0.1:12345")]
+        listen: String,
+    },
+    /// Run the Kubernetes API and Loki simulator.
+    Sim {
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: String,
+        /// Scenario file (pods, containers, scripts); the demo pods when absent.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(cli.config),
+        Command::Check => check(cli.config),
+        Command::Demo { listen } => {
+            logging::init("info,kube=warn", config::LogFormat::Logfmt);
+            runtime_result(actix_rt::System::new().block_on(demo::run(&listen)))
+        }
+        Command::Sim { listen, scenario } => {
+            logging::init("info", config::LogFormat::Logfmt);
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => return runtime_result(Err(e.into())),
+            };
+            runtime_result(rt.block_on(sim::run(&listen, scenario.as_deref())))
+        }
+    }
+}
+
+fn check(path: PathBuf) -> ExitCode {
+    match config::load(&path) {
+        Ok(_) => {
+            println!("{}: configuration is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+            eprintln!("{errors}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!(
+                "{}: invalid configuration, {} error(s):\n{errors}",
+                path.display(),
+                errors.0.len()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    logging::init(&config.server.log_level, config.server.log_format);
+    runtime_result(
+        actix_rt::System::new()
+            .block_on(app::run_until_signal(config))
+            .map_err(anyhow::Error::from),
+    )
+}
+
+fn runtime_result(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kube-log-relay: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,1 +1,371 @@
-//! (being written)
+//! The registry actor: owns the tailers and applies each new target set (SPEC §2).
+//!
+//! Discovery sends complete [`TargetSet`]s; [`diff_targets`] (pure, tested below) compares one
+//! with the targets the registry knows, by [`TargetId`]: new targets get a tailer, vanished ones
+//! are drained (SPEC §5.6), and a target whose labels, tenant or container changed is updated in
+//! place — the tailer keeps its stream, nothing is re-read.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use crate::config::TailConfig;
+use crate::forward::Forward;
+use crate::server::metrics;
+use crate::tail::status::{TailerSnapshot, TailerStatus, TargetState};
+use crate::tail::{Drain, Stop, Tailer, TailerArgs, TailerFinished, UpdateTarget};
+use crate::target::{LabelMap, RejectedTarget, SetTargets, Target, TargetId, TargetSet};
+
+/// What changes between the known targets and a new complete set.
+#[derive(Debug, Default, PartialEq)]
+pub struct Diff {
+    /// New identities: start a tailer.
+    pub start: Vec<Target>,
+    /// Identities no longer present: drain their tailer.
+    pub stop: Vec<TargetId>,
+    /// Same identity, different labels, tenant or container: update in place.
+    pub update: Vec<Target>,
+}
+
+/// Compares the known targets with a new complete set (SPEC §2: identity decides).
+pub fn diff_targets(known: &BTreeMap<TargetId, Target>, incoming: &TargetSet) -> Diff {
+    let mut diff = Diff::default();
+    for (id, target) in &incoming.targets {
+        match known.get(id) {
+            None => diff.start.push(target.clone()),
+            Some(old) if old != target => diff.update.push(target.clone()),
+            Some(_) => {}
+        }
+    }
+    diff.stop = known
+        .keys()
+        .filter(|id| !incoming.targets.contains_key(*id))
+        .cloned()
+        .collect();
+    diff
+}
+
+/// Everything a registry needs to start tailers.
+pub struct RegistryArgs {
+    pub client: kube::Client,
+    pub forwarder: Recipient<Forward>,
+    pub config: Arc<TailConfig>,
+}
+
+/// The registry actor.
+pub struct Registry {
+    args: RegistryArgs,
+    tailers: BTreeMap<TargetId, Tailed>,
+    rejected: Vec<RejectedTarget>,
+    synced: bool,
+}
+
+/// A known target and its tailer, if one runs.
+struct Tailed {
+    target: Target,
+    status: Arc<TailerStatus>,
+    tailer: Option<Addr<Tailer>>,
+    /// Vanished from discovery; removed once its tailer finished draining.
+    vanished: bool,
+}
+
+impl Registry {
+    /// A registry with no target yet.
+    pub fn new(args: RegistryArgs) -> Registry {
+        Registry {
+            args,
+            tailers: BTreeMap::new(),
+            rejected: Vec::new(),
+            synced: false,
+        }
+    }
+
+    fn publish_counts(&self) {
+        let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for state in [
+            TargetState::Waiting,
+            TargetState::Running,
+            TargetState::Backoff,
+            TargetState::Draining,
+            TargetState::Finished,
+        ] {
+            counts.insert(state.as_str(), 0);
+        }
+        for t in self.tailers.values() {
+            *counts
+                .entry(t.status.snapshot().state.as_str())
+                .or_default() += 1;
+        }
+        counts.insert("rejected", self.rejected.len());
+        for (state, n) in counts {
+            metrics::targets(state, n);
+        }
+    }
+}
+
+fn spawn_tailer(
+    args: &RegistryArgs,
+    target: Target,
+    status: Arc<TailerStatus>,
+    ctx: &Context<Registry>,
+) -> Addr<Tailer> {
+    Tailer::start(TailerArgs {
+        target,
+        client: args.client.clone(),
+        forwarder: args.forwarder.clone(),
+        config: args.config.clone(),
+        status,
+        registry: ctx.address().recipient(),
+    })
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(Duration::from_secs(2), |act, _| act.publish_counts());
+    }
+}
+
+impl Handler<SetTargets> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, SetTargets(set): SetTargets, ctx: &mut Context<Self>) {
+        let known: BTreeMap<TargetId, Target> = self
+            .tailers
+            .iter()
+            .filter(|(_, t)| !t.vanished)
+            .map(|(id, t)| (id.clone(), t.target.clone()))
+            .collect();
+        let diff = diff_targets(&known, &set);
+        for target in diff.start {
+            tracing::info!(target = %target.id, "target discovered, starting tailer");
+            let status = Arc::new(TailerStatus::default());
+            // A target that reappears while its old tailer still drains keeps that tailer.
+            if let Some(t) = self.tailers.get_mut(&target.id) {
+                t.vanished = false;
+                t.target = target.clone();
+                if let Some(addr) = &t.tailer {
+                    addr.do_send(UpdateTarget(target));
+                    continue;
+                }
+            }
+            let addr = spawn_tailer(&self.args, target.clone(), status.clone(), ctx);
+            self.tailers.insert(
+                target.id.clone(),
+                Tailed {
+                    target,
+                    status,
+                    tailer: Some(addr),
+                    vanished: false,
+                },
+            );
+        }
+        for id in diff.stop {
+            if let Some(t) = self.tailers.get_mut(&id) {
+                match &t.tailer {
+                    Some(addr) => {
+                        tracing::info!(target = %id, "target vanished, draining");
+                        t.vanished = true;
+                        addr.do_send(Drain);
+                    }
+                    None => {
+                        self.tailers.remove(&id);
+                    }
+                }
+            }
+        }
+        for target in diff.update {
+            let Some(t) = self.tailers.get_mut(&target.id) else {
+                continue;
+            };
+            let restarted = t.tailer.is_none() && t.target.container_id != target.container_id;
+            t.target = target.clone();
+            match &t.tailer {
+                Some(addr) => addr.do_send(UpdateTarget(target)),
+                // A finished tailer whose container came back (new container ID) resumes.
+                None if restarted => {
+                    tracing::info!(target = %target.id, "finished container restarted, resuming");
+                    let addr = spawn_tailer(&self.args, target, t.status.clone(), ctx);
+                    t.tailer = Some(addr);
+                }
+                None => {}
+            }
+        }
+        self.rejected = set.rejected;
+        self.synced = true;
+        self.publish_counts();
+    }
+}
+
+impl Handler<TailerFinished> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: TailerFinished, ctx: &mut Context<Self>) {
+        let Some(t) = self.tailers.get_mut(&msg.id) else {
+            return;
+        };
+        t.tailer = None;
+        if t.vanished {
+            self.tailers.remove(&msg.id);
+        } else if t.status.snapshot().state != TargetState::Finished {
+            // The tailer died without deciding to finish (a panic): restart it, not the process.
+            tracing::warn!(target = %msg.id, "tailer ended unexpectedly, restarting it");
+            let addr = spawn_tailer(&self.args, t.target.clone(), t.status.clone(), ctx);
+            if let Some(t) = self.tailers.get_mut(&msg.id) {
+                t.tailer = Some(addr);
+            }
+        }
+        self.publish_counts();
+    }
+}
+
+/// One target as `/api/v1/targets` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetView {
+    pub id: Option<TargetId>,
+    pub labels: LabelMap,
+    pub discovered_labels: LabelMap,
+    pub tenant: Option<String>,
+    /// `rejected` or the tailer's state.
+    pub state: String,
+    pub reason: Option<String>,
+    pub status: Option<TailerSnapshot>,
+}
+
+/// Server → registry: the current targets, rejected ones included.
+#[derive(Message)]
+#[rtype(result = "Targets")]
+pub struct GetTargets;
+
+/// The answer to [`GetTargets`].
+#[derive(Clone, Debug, Serialize, MessageResponse)]
+pub struct Targets {
+    /// A first complete target set was applied.
+    pub synced: bool,
+    pub targets: Vec<TargetView>,
+}
+
+impl Handler<GetTargets> for Registry {
+    type Result = Targets;
+
+    fn handle(&mut self, _: GetTargets, _: &mut Context<Self>) -> Targets {
+        let mut targets: Vec<TargetView> = self
+            .tailers
+            .values()
+            .map(|t| {
+                let status = t.status.snapshot();
+                TargetView {
+                    id: Some(t.target.id.clone()),
+                    labels: t.target.stream.labels.pairs().iter().cloned().collect(),
+                    discovered_labels: (*t.target.discovered).clone(),
+                    tenant: t.target.stream.tenant.clone(),
+                    state: status.state.as_str().to_string(),
+                    reason: None,
+                    status: Some(status),
+                }
+            })
+            .collect();
+        targets.extend(self.rejected.iter().map(|r| TargetView {
+            id: None,
+            labels: r.labels.clone(),
+            discovered_labels: (*r.discovered).clone(),
+            tenant: None,
+            state: "rejected".into(),
+            reason: Some(r.reason.clone()),
+            status: None,
+        }));
+        Targets {
+            synced: self.synced,
+            targets,
+        }
+    }
+}
+
+/// Stops every tailer now (shutdown); answers when the messages are sent.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopAll;
+
+impl Handler<StopAll> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, _: StopAll, ctx: &mut Context<Self>) {
+        for t in self.tailers.values_mut() {
+            if let Some(addr) = t.tailer.take() {
+                addr.do_send(Stop);
+            }
+        }
+        ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::{Labels, Stream};
+
+    fn target(pod: &str, app: &str, cid: &str) -> Target {
+        let id = TargetId {
+            namespace: "ns".into(),
+            pod: pod.into(),
+            container: "c".into(),
+            uid: format!("uid-{pod}"),
+        };
+        Target {
+            id,
+            stream: Arc::new(Stream {
+                labels: Labels::from_pairs([("app".to_string(), app.to_string())]),
+                tenant: None,
+            }),
+            discovered: Arc::new(LabelMap::new()),
+            container_id: Some(cid.into()),
+        }
+    }
+
+    fn set(targets: &[Target]) -> TargetSet {
+        TargetSet {
+            targets: targets.iter().map(|t| (t.id.clone(), t.clone())).collect(),
+            rejected: vec![],
+        }
+    }
+
+    fn known(targets: &[Target]) -> BTreeMap<TargetId, Target> {
+        set(targets).targets
+    }
+
+    #[test]
+    fn starts_new_stops_gone_and_updates_changed_in_place() {
+        let a = target("a", "x", "1");
+        let b = target("b", "x", "1");
+        let c = target("c", "x", "1");
+        let b2 = target("b", "y", "1");
+        let a_restarted = target("a", "x", "2");
+        let diff = diff_targets(
+            &known(&[a.clone(), b.clone(), c.clone()]),
+            &set(&[a_restarted.clone(), b2.clone(), target("d", "x", "1")]),
+        );
+        assert_eq!(diff.start, vec![target("d", "x", "1")]);
+        assert_eq!(diff.stop, vec![c.id.clone()]);
+        assert_eq!(diff.update, vec![a_restarted, b2]);
+    }
+
+    #[test]
+    fn identical_sets_change_nothing() {
+        let all = [target("a", "x", "1"), target("b", "x", "1")];
+        assert_eq!(diff_targets(&known(&all), &set(&all)), Diff::default());
+    }
+
+    #[test]
+    fn a_new_pod_uid_is_a_new_target() {
+        let old = target("a", "x", "1");
+        let mut new = old.clone();
+        new.id.uid = "uid-other".into();
+        let diff = diff_targets(&known(&[old.clone()]), &set(&[new.clone()]));
+        assert_eq!(diff.start, vec![new]);
+        assert_eq!(diff.stop, vec![old.id]);
+    }
+}

@@ -24,6 +24,7 @@ pub struct Config {
     pub stdout: Option<StdoutConfig>,
     pub server: ServerConfig,
     pub shutdown: ShutdownConfig,
+    pub clustering: ClusteringConfig,
 }
 
 /// `[kubernetes]`: how to reach the API server (SPEC §4.1).
@@ -34,6 +35,7 @@ pub struct KubernetesConfig {
     pub kubeconfig_file: Option<PathBuf>,
     pub auth: Auth,
     pub tls: TlsConfig,
+    pub proxy: ProxyConfig,
     pub http_headers: BTreeMap<String, Vec<Secret>>,
     pub enable_http2: bool,
     pub follow_redirects: bool,
@@ -108,6 +110,29 @@ pub enum PemSource {
 pub enum TlsVersion {
     Tls12,
     Tls13,
+}
+
+/// `proxy_url`, `no_proxy`, `proxy_from_environment`, `proxy_connect_header` of a client.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProxyConfig {
+    pub mode: ProxyMode,
+    /// `no_proxy`, split at commas: IPs, CIDRs and domain names (optionally with a port) that
+    /// bypass `proxy_url`. Only set with [`ProxyMode::Url`].
+    pub no_proxy: Vec<String>,
+    /// `proxy_connect_header`: headers sent to the proxy with `CONNECT`.
+    pub connect_headers: BTreeMap<String, Vec<Secret>>,
+}
+
+/// Whether and how a client goes through a proxy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum ProxyMode {
+    /// No proxy.
+    #[default]
+    Direct,
+    /// `proxy_url`: every request goes through this `http(s)://` proxy, except `no_proxy` hosts.
+    Url(String),
+    /// `proxy_from_environment = true`: `HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY` (or lowercase).
+    FromEnvironment,
 }
 
 /// `[discovery]` (SPEC §4.2).
@@ -253,6 +278,7 @@ pub struct LokiConfig {
     pub remote_timeout: Duration,
     pub auth: Auth,
     pub tls: TlsConfig,
+    pub proxy: ProxyConfig,
     pub enable_http2: bool,
     pub max_label_names: usize,
     pub max_label_value_length: usize,
@@ -280,6 +306,7 @@ impl LokiConfig {
             remote_timeout: Duration::from_secs(10),
             auth: Auth::None,
             tls: TlsConfig::default(),
+            proxy: ProxyConfig::default(),
             enable_http2: true,
             max_label_names: 15,
             max_label_value_length: 2048,
@@ -338,6 +365,31 @@ impl Default for ShutdownConfig {
     fn default() -> ShutdownConfig {
         ShutdownConfig {
             timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[clustering]` (SPEC §7): replicas share the targets through Kubernetes Leases.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusteringConfig {
+    pub enabled: bool,
+    /// `identity`; `None` = resolved at start-up: `POD_NAME`, else the hostname.
+    pub identity: Option<String>,
+    /// `namespace` of the Leases; `None` = the pod's namespace from the service-account mount,
+    /// else `default`.
+    pub namespace: Option<String>,
+    pub lease_duration: Duration,
+    pub renew_interval: Duration,
+}
+
+impl Default for ClusteringConfig {
+    fn default() -> ClusteringConfig {
+        ClusteringConfig {
+            enabled: false,
+            identity: None,
+            namespace: None,
+            lease_duration: Duration::from_secs(15),
+            renew_interval: Duration::from_secs(5),
         }
     }
 }

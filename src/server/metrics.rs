@@ -111,6 +111,10 @@ fn describe() {
         "kube_log_relay_lines_without_timestamp_total",
         "Lines without a parsable timestamp, forwarded with the read time."
     );
+    describe_counter!(
+        "kube_log_relay_lines_truncated_total",
+        "Lines longer than tail.max_line_size, forwarded truncated."
+    );
     describe_counter!("kube_log_relay_stream_opens_total", "Log streams opened.");
     describe_counter!(
         "kube_log_relay_stream_errors_total",
@@ -171,6 +175,11 @@ pub fn lines_dropped(reason: LineDrop, lines: u64) {
 /// A line whose timestamp could not be parsed.
 pub fn line_without_timestamp() {
     counter!("kube_log_relay_lines_without_timestamp_total").increment(1);
+}
+
+/// A line longer than `tail.max_line_size` was truncated (`on_long_line = "truncate"`).
+pub fn line_truncated() {
+    counter!("kube_log_relay_lines_truncated_total").increment(1);
 }
 
 /// A log stream was opened.

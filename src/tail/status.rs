@@ -49,6 +49,10 @@ pub struct TailerSnapshot {
     pub cursor_since: Option<Timestamp>,
     pub cursor_skip: u64,
     pub container_id: Option<String>,
+    /// The position every receiver acknowledged (what positions persist, SPEC §4.4).
+    pub acknowledged: Option<crate::tail::cursor::Position>,
+    /// Chunks sent and not yet acknowledged.
+    pub chunks_in_flight: usize,
     pub lines: u64,
     pub bytes: u64,
     pub reconnects: u64,

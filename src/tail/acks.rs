@@ -1,0 +1,127 @@
+//! The acknowledged position of a tailer (SPEC §4.4).
+//!
+//! Each chunk a tailer sends carries a sequence number; the tailer remembers the position right
+//! after the chunk's last line. Receivers finish chunks independently, so acknowledgements come
+//! back in any order; the acknowledged position is the one after the highest `seq` below which
+//! *every* chunk is acknowledged — never past a chunk some receiver still holds. This is what the
+//! positions store persists.
+
+use std::collections::VecDeque;
+
+/// Pending chunks and the acknowledged position; `P` is the position type (a cursor plus the
+/// container instance it belongs to).
+#[derive(Clone, Debug)]
+pub struct AckTracker<P> {
+    /// Chunks sent and not yet part of the acknowledged prefix, in `seq` order, with the
+    /// position after each and whether it is acknowledged.
+    pending: VecDeque<(u64, P, bool)>,
+    acknowledged: Option<P>,
+}
+
+impl<P: Clone> AckTracker<P> {
+    /// A tracker starting from `start` (the stored position, if any).
+    pub fn new(start: Option<P>) -> AckTracker<P> {
+        AckTracker {
+            pending: VecDeque::new(),
+            acknowledged: start,
+        }
+    }
+
+    /// A chunk was sent; `seq`s must increase.
+    pub fn sent(&mut self, seq: u64, after: P) {
+        debug_assert!(self.pending.back().is_none_or(|(s, _, _)| *s < seq));
+        self.pending.push_back((seq, after, false));
+    }
+
+    /// The position moved without a chunk (lines skipped or dropped by policy): it is
+    /// acknowledged together with the last chunk in flight, or at once when none is.
+    pub fn moved(&mut self, after: P) {
+        match self.pending.back_mut() {
+            Some((_, p, _)) => *p = after,
+            None => self.acknowledged = Some(after),
+        }
+    }
+
+    /// Chunk `seq` was acknowledged by every receiver; returns true when the acknowledged
+    /// position advanced. Unknown `seq`s (already acknowledged, or from before a restart of the
+    /// tracker) are ignored.
+    pub fn ack(&mut self, seq: u64) -> bool {
+        let Ok(i) = self.pending.binary_search_by_key(&seq, |(s, _, _)| *s) else {
+            return false;
+        };
+        self.pending[i].2 = true;
+        let mut advanced = false;
+        while self.pending.front().is_some_and(|(_, _, acked)| *acked) {
+            if let Some((_, p, _)) = self.pending.pop_front() {
+                self.acknowledged = Some(p);
+                advanced = true;
+            }
+        }
+        advanced
+    }
+
+    /// The position after everything acknowledged so far.
+    pub fn acknowledged(&self) -> Option<&P> {
+        self.acknowledged.as_ref()
+    }
+
+    /// Chunks sent and not yet acknowledged (or waiting for an older one).
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn advances_only_over_a_fully_acknowledged_prefix() {
+        let mut t = AckTracker::new(Some("start"));
+        t.sent(1, "after 1");
+        t.sent(2, "after 2");
+        t.sent(3, "after 3");
+        assert!(!t.ack(2));
+        assert_eq!(t.acknowledged(), Some(&"start"));
+        assert!(!t.ack(2), "a repeated ack changes nothing");
+        assert!(t.ack(1));
+        assert_eq!(t.acknowledged(), Some(&"after 2"));
+        assert_eq!(t.in_flight(), 1);
+        assert!(t.ack(3));
+        assert_eq!(t.acknowledged(), Some(&"after 3"));
+        assert!(!t.ack(99));
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn moves_without_chunks() {
+        let mut t = AckTracker::new(None);
+        t.moved("dropped 1");
+        assert_eq!(t.acknowledged(), Some(&"dropped 1"));
+        t.sent(1, "after 1");
+        t.moved("dropped 2");
+        assert_eq!(t.acknowledged(), Some(&"dropped 1"));
+        t.ack(1);
+        assert_eq!(t.acknowledged(), Some(&"dropped 2"));
+    }
+
+    proptest! {
+        #[test]
+        fn any_ack_order_ends_at_the_last_position(order in Just((1u64..=20).collect::<Vec<_>>()).prop_shuffle()) {
+            let mut t = AckTracker::new(Some(0u64));
+            for s in 1..=20 {
+                t.sent(s, s);
+            }
+            let mut acked = std::collections::BTreeSet::new();
+            for s in order {
+                t.ack(s);
+                acked.insert(s);
+                // The acknowledged position is the longest acknowledged prefix.
+                let prefix = (1..=20).take_while(|x| acked.contains(x)).last().unwrap_or(0);
+                prop_assert_eq!(t.acknowledged(), Some(&prefix));
+            }
+            prop_assert_eq!(t.in_flight(), 0);
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! Lines of a `pods/log` body: bounded splitting and timestamp parsing (SPEC §5.2).
+//!
+//! The body arrives in byte slices of any size. [`LineSplitter`] cuts it at `\n` without ever
+//! holding more than `max` bytes of one line: a longer line keeps its first `max` bytes and the
+//! rest is skipped up to the next `\n` (the caller truncates or drops it, per `on_long_line`).
+//! Lines that lie whole inside one slice are zero-copy sub-slices of it; only a line that spans
+//! two reads is copied, once, into the splitter's bounded buffer.
+//!
+//! [`parse_line`] then splits `<RFC3339Nano> <text>`. The kubelet prints Go's `RFC3339Nano`,
+//! which trims trailing zeros of the fraction (`…:05.1Z`, `…:05Z`), so every fraction length from
+//! 0 to 9 digits occurs. A hand-written parser handles that fixed UTC form without allocating;
+//! anything else (an offset instead of `Z`) falls back to jiff's parser.
+
+use bytes::{Bytes, BytesMut};
+use jiff::Timestamp;
+
+/// One line cut from the body, without its `\n`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Line {
+    /// The line, at most the splitter's `max` bytes.
+    pub bytes: Bytes,
+    /// The line was longer than `max`: `bytes` holds only its beginning.
+    pub truncated: bool,
+}
+
+/// Splits a byte stream into lines, holding at most `max` bytes of an unfinished line.
+#[derive(Debug)]
+pub struct LineSplitter {
+    max: usize,
+    /// The beginning of a line that continues in the next slice (≤ `max` bytes).
+    partial: BytesMut,
+    /// The current unfinished line already exceeded `max`: skip to the next `\n`.
+    overflow: bool,
+}
+
+impl LineSplitter {
+    /// A splitter keeping at most `max` bytes of a line (`max` ≥ 1).
+    pub fn new(max: usize) -> LineSplitter {
+        LineSplitter {
+            max: max.max(1),
+            partial: BytesMut::new(),
+            overflow: false,
+        }
+    }
+
+    /// Feeds the next slice of the body; calls `out` for every line it completes, in order.
+    pub fn push(&mut self, data: Bytes, out: &mut impl FnMut(Line)) {
+        let mut start = 0;
+        while start < data.len() {
+            let rest = &data[start..];
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(nl) => {
+                    let end = start + nl;
+                    if self.partial.is_empty() && !self.overflow {
+                        // The common case: the whole line is inside this slice.
+                        let len = end - start;
+                        let keep = len.min(self.max);
+                        out(Line {
+                            bytes: data.slice(start..start + keep),
+                            truncated: len > self.max,
+                        });
+                    } else {
+                        self.append(&data[start..end]);
+                        out(Line {
+                            bytes: self.partial.split().freeze(),
+                            truncated: self.overflow,
+                        });
+                        self.overflow = false;
+                    }
+                    start = end + 1;
+                }
+                None => {
+                    self.append(rest);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The unfinished last line at the end of a body that will not continue (a non-following
+    /// read), if any. A *cut* stream must not call this: its fragment will be read again whole.
+    pub fn finish(&mut self) -> Option<Line> {
+        if self.partial.is_empty() && !self.overflow {
+            return None;
+        }
+        let line = Line {
+            bytes: self.partial.split().freeze(),
+            truncated: self.overflow,
+        };
+        self.overflow = false;
+        Some(line)
+    }
+
+    /// Forgets an unfinished line (the stream was cut; the line will be read again).
+    pub fn reset(&mut self) {
+        self.partial.clear();
+        self.overflow = false;
+    }
+
+    /// Bytes held for an unfinished line.
+    pub fn buffered(&self) -> usize {
+        self.partial.len()
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        let room = self.max - self.partial.len();
+        if bytes.len() > room {
+            self.overflow = true;
+        }
+        self.partial
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+}
+
+/// A line split into its timestamp and text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedLine {
+    /// The kubelet's timestamp, `None` when the line does not start with one.
+    pub timestamp: Option<Timestamp>,
+    /// The text after the timestamp and its space (the whole line without a timestamp).
+    pub text: Bytes,
+}
+
+/// Splits `<RFC3339Nano> <text>`; a line without a parsable timestamp keeps all its bytes.
+pub fn parse_line(line: &Bytes) -> ParsedLine {
+    if let Some(space) = line.iter().take(64).position(|&b| b == b' ')
+        && let Some(ts) = parse_timestamp(&line[..space])
+    {
+        return ParsedLine {
+            timestamp: Some(ts),
+            text: line.slice(space + 1..),
+        };
+    }
+    // A truncated line may have lost its space: `<timestamp>` alone is an empty text.
+    if let Some(ts) = parse_timestamp(line) {
+        return ParsedLine {
+            timestamp: Some(ts),
+            text: Bytes::new(),
+        };
+    }
+    ParsedLine {
+        timestamp: None,
+        text: line.clone(),
+    }
+}
+
+/// Shortens `text` to at most `max` bytes without splitting a UTF-8 character.
+pub fn truncate_utf8(text: &Bytes, max: usize) -> Bytes {
+    if text.len() <= max {
+        return text.clone();
+    }
+    let mut end = max;
+    // Back up over continuation bytes (0b10xx_xxxx) so the cut lands on a character start;
+    // a character is at most 4 bytes, so this looks at 3 bytes at most for valid UTF-8.
+    while end > 0 && max - end < 3 && text[end] & 0xC0 == 0x80 {
+        end -= 1;
+    }
+    if text[end] & 0xC0 == 0x80 {
+        // Not UTF-8 anyway: cut at the byte limit.
+        end = max;
+    }
+    text.slice(..end)
+}
+
+/// Parses an RFC 3339 timestamp as the kubelet prints it (`2024-01-02T03:04:05.123Z`, fraction
+/// of 0–9 digits, trailing zeros trimmed), falling back to jiff for other offsets.
+pub fn parse_timestamp(s: &[u8]) -> Option<Timestamp> {
+    fast_utc(s).or_else(|| {
+        let s = std::str::from_utf8(s).ok()?;
+        s.parse::<Timestamp>().ok()
+    })
+}
+
+fn fast_utc(s: &[u8]) -> Option<Timestamp> {
+    // YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z
+    if s.len() < 20 || s[4] != b'-' || s[7] != b'-' || s[10] != b'T' || s[13] != b':' {
+        return None;
+    }
+    if s[16] != b':' || s[s.len() - 1] != b'Z' {
+        return None;
+    }
+    let year = digits(&s[0..4])? as i64;
+    let month = digits(&s[5..7])?;
+    let day = digits(&s[8..10])?;
+    let hour = digits(&s[11..13])?;
+    let minute = digits(&s[14..16])?;
+    let second = digits(&s[17..19])?;
+    let frac = &s[19..s.len() - 1];
+    let nanos = match frac {
+        [] => 0,
+        [b'.', f @ ..] if !f.is_empty() && f.len() <= 9 => {
+            digits(f)? * 10u32.pow(9 - f.len() as u32)
+        }
+        _ => return None,
+    };
+    if !(1..=12).contains(&month)
+        || day == 0
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + (hour * 3600 + minute * 60 + second) as i64;
+    Timestamp::new(secs, nanos as i32).ok()
+}
+
+fn digits(s: &[u8]) -> Option<u32> {
+    let mut n = 0u32;
+    for &b in s {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + (b - b'0') as u32;
+    }
+    Some(n)
+}
+
+fn is_leap(year: i64) -> bool {
+    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+}
+
+fn days_in_month(year: i64, month: u32) -> u32 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = month as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn split_all(max: usize, parts: &[&[u8]]) -> Vec<Line> {
+        let mut s = LineSplitter::new(max);
+        let mut out = Vec::new();
+        for p in parts {
+            s.push(Bytes::copy_from_slice(p), &mut |l| out.push(l));
+        }
+        out
+    }
+
+    fn line(s: &str, truncated: bool) -> Line {
+        Line {
+            bytes: Bytes::copy_from_slice(s.as_bytes()),
+            truncated,
+        }
+    }
+
+    #[test]
+    fn splits_lines_across_reads() {
+        type Case<'a> = (&'a [&'a [u8]], &'a [(&'a str, bool)]);
+        let table: &[Case] = &[
+            (&[b"a\nb\n"], &[("a", false), ("b", false)]),
+            (&[b"a", b"b\n", b"c"], &[("ab", false)]),
+            (&[b"\n\n"], &[("", false), ("", false)]),
+            (&[b"abcdef\nxy\n"], &[("abcd", true), ("xy", false)]),
+            (
+                &[b"ab", b"cdef", b"gh\nxy\n"],
+                &[("abcd", true), ("xy", false)],
+            ),
+            (&[b"abcd\n"], &[("abcd", false)]),
+            (&[b"ab", b"cd", b"\n"], &[("abcd", false)]),
+            (&[b"ab", b"cde", b"\n"], &[("abcd", true)]),
+        ];
+        for (parts, want) in table {
+            let got = split_all(4, parts);
+            let want: Vec<Line> = want.iter().map(|(s, t)| line(s, *t)).collect();
+            assert_eq!(got, want, "input {parts:?}");
+        }
+    }
+
+    #[test]
+    fn never_buffers_more_than_max() {
+        let mut s = LineSplitter::new(8);
+        let mut n = 0;
+        for _ in 0..1000 {
+            s.push(Bytes::from_static(b"0123456789"), &mut |_| n += 1);
+            assert!(s.buffered() <= 8);
+        }
+        s.push(Bytes::from_static(b"\nok\n"), &mut |_| n += 1);
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn whole_lines_are_zero_copy_slices() {
+        let body = Bytes::from_static(b"one\ntwo\n");
+        let mut s = LineSplitter::new(100);
+        let mut out = Vec::new();
+        s.push(body.clone(), &mut |l| out.push(l));
+        assert_eq!(out[1].bytes.as_ptr(), body[4..].as_ptr());
+    }
+
+    #[test]
+    fn finish_returns_the_unterminated_tail_once() {
+        let mut s = LineSplitter::new(4);
+        s.push(Bytes::from_static(b"x\nabcdef"), &mut |_| {});
+        assert_eq!(s.finish(), Some(line("abcd", true)));
+        assert_eq!(s.finish(), None);
+        s.push(Bytes::from_static(b"zz"), &mut |_| {});
+        s.reset();
+        assert_eq!(s.finish(), None);
+    }
+
+    #[test]
+    fn parses_every_fraction_length_the_kubelet_prints() {
+        let base = Timestamp::new(1_704_164_645, 0).unwrap(); // 2024-01-02T03:04:05Z
+        let table: &[(&str, i32)] = &[
+            ("2024-01-02T03:04:05Z", 0),
+            ("2024-01-02T03:04:05.1Z", 100_000_000),
+            ("2024-01-02T03:04:05.12Z", 120_000_000),
+            ("2024-01-02T03:04:05.000001Z", 1_000),
+            ("2024-01-02T03:04:05.123456789Z", 123_456_789),
+        ];
+        for (s, nanos) in table {
+            let want = Timestamp::new(base.as_second(), *nanos).unwrap();
+            assert_eq!(parse_timestamp(s.as_bytes()), Some(want), "{s}");
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_timestamps() {
+        for s in [
+            "",
+            "hello world",
+            "2024-13-02T03:04:05Z",
+            "2023-02-29T03:04:05Z",
+            "2024-01-02T24:04:05Z",
+            "2024-01-02T03:04:05.Z",
+            "2024-01-02T03:04:05.1234567890Z",
+            "2024-01-02T03:04:05",
+        ] {
+            assert_eq!(parse_timestamp(s.as_bytes()), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn offsets_fall_back_to_jiff() {
+        let got = parse_timestamp(b"2024-01-02T04:04:05.5+01:00").unwrap();
+        assert_eq!(got, Timestamp::new(1_704_164_645, 500_000_000).unwrap());
+    }
+
+    #[test]
+    fn parse_line_splits_timestamp_and_text() {
+        let l = Bytes::from_static(b"2024-01-02T03:04:05.1Z hello world");
+        let p = parse_line(&l);
+        assert_eq!(p.timestamp.map(|t| t.as_second()), Some(1_704_164_645));
+        assert_eq!(&p.text[..], b"hello world");
+
+        let l = Bytes::from_static(b"no timestamp here");
+        let p = parse_line(&l);
+        assert_eq!(p.timestamp, None);
+        assert_eq!(p.text, l);
+
+        let p = parse_line(&Bytes::from_static(b"2024-01-02T03:04:05Z"));
+        assert!(p.timestamp.is_some());
+        assert!(p.text.is_empty());
+    }
+
+    #[test]
+    fn truncation_keeps_characters_whole() {
+        let t = Bytes::from("aé€".to_string()); // 1 + 2 + 3 bytes
+        assert_eq!(&truncate_utf8(&t, 6)[..], "aé€".as_bytes());
+        assert_eq!(&truncate_utf8(&t, 5)[..], "aé".as_bytes());
+        assert_eq!(&truncate_utf8(&t, 4)[..], "aé".as_bytes());
+        assert_eq!(&truncate_utf8(&t, 2)[..], "a".as_bytes());
+        let bad = Bytes::from_static(&[0x80, 0x80, 0x80, 0x80, 0x80]);
+        assert_eq!(truncate_utf8(&bad, 4).len(), 4);
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_yields_the_same_lines(
+            body in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'a'), Just(b'b')], 0..200),
+            cuts in proptest::collection::vec(0usize..200, 0..20),
+            max in 1usize..12,
+        ) {
+            let whole = split_all(max, &[&body]);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(body.len())).collect();
+            cuts.sort();
+            let mut parts: Vec<&[u8]> = Vec::new();
+            let mut prev = 0;
+            for c in cuts.into_iter().chain([body.len()]) {
+                parts.push(&body[prev..c]);
+                prev = c;
+            }
+            prop_assert_eq!(split_all(max, &parts), whole.clone());
+            // And the lines are the body's lines, bounded.
+            let expected: Vec<Line> = body
+                .split(|&b| b == b'\n')
+                .take(body.iter().filter(|&&b| b == b'\n').count())
+                .map(|l| Line {
+                    bytes: Bytes::copy_from_slice(&l[..l.len().min(max)]),
+                    truncated: l.len() > max,
+                })
+                .collect();
+            prop_assert_eq!(whole, expected);
+        }
+
+        #[test]
+        fn fast_parser_agrees_with_jiff(secs in 0i64..4_102_444_800, nanos in 0i32..1_000_000_000) {
+            let ts = Timestamp::new(secs, nanos).unwrap();
+            // Go's RFC3339Nano: trailing zeros of the fraction trimmed, no fraction when zero.
+            let mut s = ts.strftime("%Y-%m-%dT%H:%M:%S").to_string();
+            if nanos != 0 {
+                let f = format!("{nanos:09}");
+                s.push('.');
+                s.push_str(f.trim_end_matches('0'));
+            }
+            s.push('Z');
+            prop_assert_eq!(fast_utc(s.as_bytes()), Some(ts));
+        }
+    }
+}
