@@ -56,7 +56,10 @@ fn main() -> ExitCode {
         Command::Run => run(cli.config),
         Command::Check => check(cli.config),
         Command::Demo { listen } => {
-            logging::init("info,kube=warn", config::LogFormat::Logfmt);
+            logging::init(
+                "info,kube_client=warn,kube_runtime=warn",
+                config::LogFormat::Logfmt,
+            );
             runtime_result(actix_rt::System::new().block_on(demo::run(&listen)))
         }
         Command::Sim { listen, scenario } => {

@@ -25,6 +25,11 @@ use crate::config::{Auth, Credential, KubernetesConfig, PemSource, TlsConfig, Tl
 /// names. File credentials are left to [`super::FileCredential`] (see the module docs).
 pub fn client_config(cfg: &KubernetesConfig) -> Result<::kube::Config, KubeClientError> {
     let mut config = base_config(cfg)?;
+    // kube's built-in retry repeats 429/503/504 answers silently for up to 15 attempts. The
+    // relay retries on its own terms instead: a tailer must decide after every failure (a
+    // retried log request can land on a restarted container's new instance), and every wait
+    // must be visible in metrics and logs.
+    config.default_retry = false;
     apply_auth(&mut config, &cfg.auth)?;
     apply_tls(&mut config, &cfg.tls)?;
     for (name, values) in &cfg.http_headers {

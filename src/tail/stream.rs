@@ -90,6 +90,8 @@ enum End {
     Failed(StreamError),
     /// The forwarder is gone (shutdown): stop.
     ForwarderGone,
+    /// The stream just opened may belong to a newer instance than the cursor's: decide first.
+    InstanceChanged,
 }
 
 /// Why a stream failed.
@@ -249,6 +251,10 @@ impl Tail {
         let draining = self.drain_deadline.is_some();
         match end {
             End::ForwarderGone | End::DrainExpired => Step::Finish,
+            End::InstanceChanged => {
+                tracing::info!(target = %self.args.id, "the container restarted before the stream opened; reading the previous instance first");
+                Step::Decide
+            }
             End::Rotate => {
                 tracing::info!(target = %self.args.id, "stream open for max_stream_lifetime; reopening from the cursor");
                 Step::Open(Read::Follow)
@@ -412,6 +418,9 @@ impl Tail {
         };
         let mut reader = pin!(reader);
         metrics::stream_opened();
+        if read == Read::Follow && !self.serves_our_instance(&api).await {
+            return End::InstanceChanged;
+        }
         let state = if self.drain_deadline.is_some() {
             TargetState::Draining
         } else {
@@ -476,6 +485,29 @@ impl Tail {
                     return End::ForwarderGone;
                 }
             }
+        }
+    }
+
+    /// Whether a follow stream just opened reads the instance the cursor belongs to.
+    ///
+    /// The kubelet serves the instance that is current when the request arrives, and a log
+    /// stream does not say which one that is. A container that restarted between our last look
+    /// and the request would be read with the old instance's cursor: its first `skip` lines
+    /// discarded and the old instance's remainder never read. The pod fetched *after* the
+    /// stream opened settles it: container IDs only move forward, so if the pod still shows our
+    /// instance, the stream is ours. One GET per stream opening, which is rare.
+    async fn serves_our_instance(&mut self, api: &Api<Pod>) -> bool {
+        let Some(expected) = self.container_id.clone() else {
+            return true;
+        };
+        match api.get_opt(&self.args.id.pod).await {
+            Ok(Some(pod)) => match termination::current_instance(&pod, &self.args.id.container) {
+                Some(current) => current == &*expected,
+                // No ID (waiting): nothing to compare, the read decides.
+                None => true,
+            },
+            // Gone or unreachable: the read and the decision after it handle that.
+            Ok(None) | Err(_) => true,
         }
     }
 

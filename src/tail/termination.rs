@@ -101,6 +101,11 @@ enum Kind {
     Ephemeral,
 }
 
+/// The container ID the kubelet serves logs of right now, when the pod says.
+pub fn current_instance<'a>(pod: &'a Pod, container: &str) -> Option<&'a str> {
+    container_status(pod, container)?.0.container_id.as_deref()
+}
+
 fn container_status<'a>(pod: &'a Pod, name: &str) -> Option<(&'a ContainerStatus, Kind)> {
     let status = pod.status.as_ref()?;
     let lists = [

@@ -1,0 +1,8 @@
+//! Integration tests: the relay against the simulator over real sockets (one test binary, see
+//! STYLE.md). Every test counts lines at the receiving end.
+
+mod cli;
+mod lifecycle;
+mod pipeline;
+mod receivers;
+mod support;

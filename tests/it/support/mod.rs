@@ -1,0 +1,200 @@
+//! The one harness of the integration tests: a simulator on an ephemeral port, relays started
+//! against it from real TOML, sinks that count every line, and waiting with a deadline.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use kube_log_relay::app::Relay;
+use kube_log_relay::config;
+use kube_log_relay::sim::Sim;
+use kube_log_relay::sim::loki::{LokiSink, ReceivedEntry};
+
+/// How long any condition may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Starts a simulator on an ephemeral loopback port.
+pub async fn sim() -> Sim {
+    Sim::start("127.0.0.1:0").await.expect("simulator starts")
+}
+
+/// Starts an extra Loki sink on an ephemeral loopback port.
+pub async fn sink() -> LokiSink {
+    LokiSink::start("127.0.0.1:0").await.expect("sink starts")
+}
+
+/// The `[kubernetes]`, `[tail]` and `[server]` part every test relay shares: the simulator, fast
+/// backoffs and grace so tests run in seconds, endpoints on an ephemeral port.
+pub fn base_config(sim: &Sim) -> String {
+    format!(
+        r#"
+[kubernetes]
+api_server = "{}"
+
+[tail]
+min_backoff = "50ms"
+max_backoff = "500ms"
+terminated_grace = "1s"
+
+[server]
+listen = "127.0.0.1:0"
+"#,
+        sim.url()
+    )
+}
+
+/// A `[loki.<name>]` table pushing to `sink` with a short batch wait and retry backoff.
+pub fn loki_table(name: &str, sink: &LokiSink, extra: &str) -> String {
+    format!(
+        r#"
+[loki.{name}]
+url = "{}"
+batch_wait = "100ms"
+min_backoff = "100ms"
+max_backoff = "1s"
+{extra}
+"#,
+        sink.url()
+    )
+}
+
+/// Parses `text` with the real configuration loader and starts a relay.
+pub async fn relay(text: &str) -> Relay {
+    // Shown by the test runner when a test fails.
+    kube_log_relay::logging::init(
+        "info,kube_client=warn,kube_runtime=warn",
+        Default::default(),
+    );
+    let config = config::parse(text, &|_| None)
+        .unwrap_or_else(|e| panic!("test configuration is invalid:\n{e}\n{text}"));
+    Relay::start(config).await.expect("relay starts")
+}
+
+/// Waits until `cond` holds, checking every 20 ms, failing the test after [`DEADLINE`].
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Like [`eventually`] for an asynchronous condition.
+pub async fn eventually_async<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The lines a sink received for one container, in arrival order.
+pub fn lines_of(
+    entries: &[ReceivedEntry],
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> Vec<String> {
+    entries
+        .iter()
+        .filter(|e| {
+            e.labels.get("namespace").map(String::as_str) == Some(namespace)
+                && e.labels.get("pod").map(String::as_str) == Some(pod)
+                && e.labels.get("container").map(String::as_str) == Some(container)
+        })
+        .map(|e| e.line.clone())
+        .collect()
+}
+
+/// Counts each line: a multiset, to compare "each line exactly once" whatever the order.
+pub fn multiset(lines: &[String]) -> BTreeMap<&str, usize> {
+    let mut m = BTreeMap::new();
+    for l in lines {
+        *m.entry(l.as_str()).or_default() += 1;
+    }
+    m
+}
+
+/// Asserts that `received` holds every line of `written` exactly once (any order), naming the
+/// first missing and the first duplicated line when it does not.
+pub fn assert_exactly_once(what: &str, written: &[String], received: &[String]) {
+    let w = multiset(written);
+    let r = multiset(received);
+    let missing: Vec<_> = w.keys().filter(|k| !r.contains_key(*k)).take(3).collect();
+    let duplicated: Vec<_> = r
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(k, n)| (k, n))
+        .take(3)
+        .collect();
+    let unexpected: Vec<_> = r.keys().filter(|k| !w.contains_key(*k)).take(3).collect();
+    assert!(
+        missing.is_empty()
+            && duplicated.is_empty()
+            && unexpected.is_empty()
+            && written.len() == received.len(),
+        "{what}: written {} lines, received {}; missing e.g. {missing:?}; duplicated e.g. {duplicated:?}; unexpected e.g. {unexpected:?}",
+        written.len(),
+        received.len()
+    );
+}
+
+/// The registry's view of every target, as `/api/v1/targets` serves it.
+pub async fn targets(relay: &Relay) -> Vec<kube_log_relay::registry::TargetView> {
+    relay
+        .registry()
+        .send(kube_log_relay::registry::GetTargets)
+        .await
+        .expect("registry answers")
+        .targets
+}
+
+/// Waits until `n` targets exist and every one of them finished (containers that exited).
+pub async fn all_finished(relay: &Relay, n: usize) {
+    let start = Instant::now();
+    loop {
+        let t = targets(relay).await;
+        if t.len() == n && t.iter().all(|v| v.state == "finished") {
+            return;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for {n} finished targets; have: {:?}",
+            t.iter()
+                .map(|v| (v.id.as_ref().map(|i| i.to_string()), v.state.clone()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A plain HTTP/1.1 GET over a real socket; returns the status code and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
