@@ -364,7 +364,10 @@ mod tests {
         let old = target("a", "x", "1");
         let mut new = old.clone();
         new.id.uid = "uid-other".into();
-        let diff = diff_targets(&known(&[old.clone()]), &set(&[new.clone()]));
+        let diff = diff_targets(
+            &known(std::slice::from_ref(&old)),
+            &set(std::slice::from_ref(&new)),
+        );
         assert_eq!(diff.start, vec![new]);
         assert_eq!(diff.stop, vec![old.id]);
     }

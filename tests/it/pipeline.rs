@@ -13,7 +13,7 @@ async fn three_pods_of_two_containers_reach_two_receivers_exactly_once_in_order(
     let (a, b) = (support::sink().await, support::sink().await);
     for p in 0..3 {
         sim.add_pod(
-            PodSpec::new("shop", &format!("web-{p}"))
+            PodSpec::new("shop", format!("web-{p}"))
                 .label("app", "web")
                 .restart_policy(RestartPolicy::Never)
                 .owner("Job", "web")
@@ -81,7 +81,7 @@ async fn cut_streams_shared_timestamps_and_reordering_lose_and_repeat_nothing() 
     sim.set_cut_every(Some(50));
     for p in 0..2 {
         sim.add_pod(
-            PodSpec::new("cuts", &format!("p-{p}"))
+            PodSpec::new("cuts", format!("p-{p}"))
                 .restart_policy(RestartPolicy::Never)
                 .container(
                     ContainerSpec::new("c")

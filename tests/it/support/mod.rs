@@ -131,12 +131,7 @@ pub fn assert_exactly_once(what: &str, written: &[String], received: &[String]) 
     let w = multiset(written);
     let r = multiset(received);
     let missing: Vec<_> = w.keys().filter(|k| !r.contains_key(*k)).take(3).collect();
-    let duplicated: Vec<_> = r
-        .iter()
-        .filter(|(_, n)| **n > 1)
-        .map(|(k, n)| (k, n))
-        .take(3)
-        .collect();
+    let duplicated: Vec<_> = r.iter().filter(|(_, n)| **n > 1).take(3).collect();
     let unexpected: Vec<_> = r.keys().filter(|k| !w.contains_key(*k)).take(3).collect();
     assert!(
         missing.is_empty()
