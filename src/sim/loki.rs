@@ -92,6 +92,8 @@ pub struct ReceivedEntry {
     pub labels_text: String,
     pub timestamp: jiff::Timestamp,
     pub line: String,
+    /// When the sink accepted the push (wall clock), for latency measurements.
+    pub received_at: jiff::Timestamp,
 }
 
 /// One push request the sink answered, accepted or not.
@@ -335,6 +337,7 @@ fn decode_protobuf(body: &[u8], tenant: Option<&str>) -> Result<Vec<ReceivedEntr
         .map_err(|e| PushError::Snappy(e.to_string()))?;
     let request = logproto::PushRequest::decode(raw.as_slice())
         .map_err(|e| PushError::Protobuf(e.to_string()))?;
+    let now = jiff::Timestamp::now();
     let mut out = Vec::new();
     for stream in request.streams {
         let labels = parse_labels(&stream.labels).map_err(|reason| PushError::Labels {
@@ -355,6 +358,7 @@ fn decode_protobuf(body: &[u8], tenant: Option<&str>) -> Result<Vec<ReceivedEntr
                 labels_text: stream.labels.clone(),
                 timestamp,
                 line: entry.line,
+                received_at: now,
             });
         }
     }
@@ -383,6 +387,7 @@ struct JsonStream {
 fn decode_json(body: &[u8], tenant: Option<&str>) -> Result<Vec<ReceivedEntry>, PushError> {
     let push: JsonPush =
         serde_json::from_slice(body).map_err(|e| PushError::Json(e.to_string()))?;
+    let now = jiff::Timestamp::now();
     let mut out = Vec::new();
     for stream in push.streams {
         let labels_text = Labels::from_pairs(stream.stream.clone())
@@ -430,6 +435,7 @@ fn decode_json(body: &[u8], tenant: Option<&str>) -> Result<Vec<ReceivedEntry>, 
                 labels_text: labels_text.clone(),
                 timestamp,
                 line,
+                received_at: now,
             });
         }
     }
