@@ -9,11 +9,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
+use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::discovery::{self, Discovery, DiscoveryArgs};
 use crate::forward::{Forwarder, Shutdown};
 use crate::kube::KubeClientError;
+use crate::positions::PositionsTable;
+use crate::positions::sync::{self, Backend, PositionsError};
 use crate::receiver::{self, ReceiverError, ReceiverHandle};
 use crate::registry::{Registry, RegistryArgs, StopAll};
 use crate::server::{self, ServerError, ServerState, metrics};
@@ -27,6 +30,8 @@ pub enum StartError {
     Receiver(#[from] ReceiverError),
     #[error(transparent)]
     Server(#[from] ServerError),
+    #[error("positions: {0}")]
+    Positions(#[from] PositionsError),
 }
 
 /// A running relay.
@@ -36,6 +41,10 @@ pub struct Relay {
     forwarder: Addr<Forwarder>,
     http: SocketAddr,
     config: Arc<Config>,
+    positions: Arc<PositionsTable>,
+    /// Stops the positions sync task, which then writes once more.
+    stop_sync: watch::Sender<bool>,
+    sync_task: tokio::task::JoinHandle<()>,
 }
 
 impl Relay {
@@ -45,13 +54,27 @@ impl Relay {
         let metrics = metrics::install();
         let listener = server::bind(&config.server.listen).await?;
         let client = crate::kube::build_client(&config.kubernetes).await?;
+        // Positions first: a corrupt file must stop the start, before anything is read.
+        let backend = Backend::from_config(&config.positions)?;
+        let positions = Arc::new(backend.load()?);
+        if !positions.is_empty() {
+            tracing::info!(targets = positions.len(), "loaded stored positions");
+        }
+        let (stop_sync, stop_rx) = watch::channel(false);
+        let sync_task = tokio::spawn(sync::run(
+            positions.clone(),
+            backend,
+            config.positions.clone(),
+            stop_rx,
+        ));
 
         let receivers = start_receivers(&config)?;
-        let forwarder = Forwarder::new(receivers).start();
+        let forwarder = Forwarder::new(receivers.clone()).start();
         let registry = Registry::new(RegistryArgs {
             client: client.clone(),
             forwarder: forwarder.clone().recipient(),
             config: Arc::new(config.tail.clone()),
+            positions: positions.clone(),
         })
         .start();
         let discovery = discovery::start(DiscoveryArgs {
@@ -65,7 +88,10 @@ impl Relay {
             listener,
             ServerState {
                 registry: registry.clone(),
+                forwarder: forwarder.clone(),
+                discovery: discovery.clone(),
                 metrics,
+                live: server::Live::new(config.clone(), receivers),
             },
         );
         tracing::info!(listen = %http, receivers = config.loki.len() + usize::from(config.stdout.is_some()), "relay started");
@@ -75,12 +101,20 @@ impl Relay {
             forwarder,
             http,
             config,
+            positions,
+            stop_sync,
+            sync_task,
         })
     }
 
     /// The address the HTTP endpoints listen on.
     pub fn http_addr(&self) -> SocketAddr {
         self.http
+    }
+
+    /// The positions table (acknowledged positions of every target).
+    pub fn positions(&self) -> &Arc<PositionsTable> {
+        &self.positions
     }
 
     /// The registry, for status queries.
@@ -95,6 +129,11 @@ impl Relay {
         self.discovery.do_send(discovery::StopDiscovery);
         let _ = self.registry.send(StopAll).await;
         let _ = self.forwarder.send(Shutdown { deadline }).await;
+        // Receivers are flushed: every acknowledgement that will come has come. Commit.
+        let _ = self.stop_sync.send(true);
+        if let Err(e) = self.sync_task.await {
+            tracing::error!(error = %e, "the positions sync task failed");
+        }
         tracing::info!("shutdown complete");
     }
 }

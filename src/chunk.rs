@@ -26,8 +26,25 @@ pub struct Entry {
     pub line: Bytes,
 }
 
-/// Where acknowledgements of a tailer's chunks go: the chunk sequence numbers, in any order.
-pub type AckSender = UnboundedSender<u64>;
+/// Receives the sequence numbers of a tailer's acknowledged chunks, in any order.
+///
+/// Called from the receiver that finished a chunk last, so it must be cheap and never block for
+/// long: one short lock per chunk.
+pub trait Acknowledge: Send + Sync + 'static {
+    /// Every receiver is done with chunk `seq`.
+    fn acknowledge(&self, seq: u64);
+}
+
+/// A channel works as an acknowledgement sink (tests and tools that collect the numbers).
+impl Acknowledge for UnboundedSender<u64> {
+    fn acknowledge(&self, seq: u64) {
+        // The receiving side may be gone already (stopped); nothing to move then.
+        let _ = self.send(seq);
+    }
+}
+
+/// Where acknowledgements of a tailer's chunks go.
+pub type AckSender = Arc<dyn Acknowledge>;
 
 /// A run of entries from one target, sent together.
 #[derive(Debug)]
@@ -43,6 +60,12 @@ pub struct Chunk {
     pub seq: u64,
     pending: AtomicUsize,
     ack: Option<AckSender>,
+}
+
+impl std::fmt::Debug for dyn Acknowledge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Acknowledge")
+    }
 }
 
 impl Chunk {
@@ -86,8 +109,7 @@ impl Chunk {
 
     fn acknowledge(&self) {
         if let Some(ack) = &self.ack {
-            // The tailer may be gone already (stopped); nothing to move then.
-            let _ = ack.send(self.seq);
+            ack.acknowledge(self.seq);
         }
     }
 }
@@ -97,7 +119,7 @@ mod tests {
     use super::*;
     use crate::target::Labels;
 
-    fn chunk(ack: AckSender) -> Chunk {
+    fn chunk(ack: UnboundedSender<u64>) -> Chunk {
         let id = Arc::new(TargetId {
             namespace: "ns".into(),
             pod: "p".into(),
@@ -112,7 +134,7 @@ mod tests {
             timestamp: Timestamp::UNIX_EPOCH,
             line: Bytes::from_static(b"abc"),
         };
-        Chunk::new(id, stream, vec![e.clone(), e], 7, Instant::now(), Some(ack))
+        Chunk::new(id, stream, vec![e.clone(), e], 7, Instant::now(), Some(Arc::new(ack)))
     }
 
     #[test]

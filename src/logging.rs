@@ -2,8 +2,14 @@
 //!
 //! tracing-subscriber has no logfmt output, so a small [`FormatEvent`] writes
 //! `ts=… level=… msg="…" key=value …` with logfmt quoting; JSON uses the subscriber's own.
+//!
+//! Repeated errors go through [`RateLimited`] ([`ERRORS`] is the shared one): a thousand
+//! streams failing at once write one line per kind of failure and period, carrying the count of
+//! the lines held back, instead of a thousand lines.
 
 use std::fmt::{self, Write as _};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -27,6 +33,63 @@ pub fn init(level: &str, format: LogFormat) {
         LogFormat::Logfmt => builder.event_format(Logfmt).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// The limiter every repeated error of the relay shares: one line per kind every 10 seconds.
+pub static ERRORS: RateLimited = RateLimited::new(Duration::from_secs(10));
+
+/// Lets one log line per key through per period and counts the ones it holds back.
+///
+/// Keys are short fixed words naming a kind of failure (`stream_failed`), never a target: the
+/// point is to bound the log whatever the number of targets.
+pub struct RateLimited {
+    period: Duration,
+    keys: Mutex<Vec<KeyState>>,
+}
+
+struct KeyState {
+    key: &'static str,
+    last: Instant,
+    suppressed: u64,
+}
+
+impl RateLimited {
+    /// A limiter letting one line per key through every `period`.
+    pub const fn new(period: Duration) -> RateLimited {
+        RateLimited {
+            period,
+            keys: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// `Some(lines held back since the last one let through)` when a line of kind `key` may be
+    /// logged now; `None` (and counted) when it must be held back.
+    pub fn check(&self, key: &'static str) -> Option<u64> {
+        self.check_at(key, Instant::now())
+    }
+
+    fn check_at(&self, key: &'static str, now: Instant) -> Option<u64> {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        // A handful of keys: a linear scan beats hashing.
+        match keys.iter_mut().find(|k| k.key == key) {
+            None => {
+                keys.push(KeyState {
+                    key,
+                    last: now,
+                    suppressed: 0,
+                });
+                Some(0)
+            }
+            Some(k) if now.duration_since(k.last) < self.period => {
+                k.suppressed += 1;
+                None
+            }
+            Some(k) => {
+                k.last = now;
+                Some(std::mem::take(&mut k.suppressed))
+            }
+        }
+    }
 }
 
 /// The logfmt event formatter.
@@ -106,7 +169,36 @@ fn quote(value: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::quote;
+    use super::*;
+
+    #[test]
+    fn rate_limited_lets_one_line_per_key_and_period_through() {
+        let limiter = RateLimited::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(limiter.check_at("stream_failed", t0), Some(0));
+        for i in 1..=999 {
+            assert_eq!(
+                limiter.check_at("stream_failed", t0 + Duration::from_millis(i)),
+                None
+            );
+        }
+        // Another kind is limited on its own.
+        assert_eq!(limiter.check_at("pod_fetch_failed", t0), Some(0));
+        assert_eq!(limiter.check_at("pod_fetch_failed", t0), None);
+        // The next period's first line carries the count of the lines held back.
+        assert_eq!(
+            limiter.check_at("stream_failed", t0 + Duration::from_secs(10)),
+            Some(999)
+        );
+        assert_eq!(
+            limiter.check_at("stream_failed", t0 + Duration::from_secs(11)),
+            None
+        );
+        assert_eq!(
+            limiter.check_at("stream_failed", t0 + Duration::from_secs(25)),
+            Some(1)
+        );
+    }
 
     #[test]
     fn quotes_only_when_needed() {

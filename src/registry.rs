@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::config::TailConfig;
 use crate::forward::Forward;
+use crate::positions::PositionsHandle;
 use crate::server::metrics;
 use crate::tail::status::{TailerSnapshot, TailerStatus, TargetState};
 use crate::tail::{Drain, Stop, Tailer, TailerArgs, TailerFinished, UpdateTarget};
@@ -53,6 +54,8 @@ pub struct RegistryArgs {
     pub client: kube::Client,
     pub forwarder: Recipient<Forward>,
     pub config: Arc<TailConfig>,
+    /// Stored positions: tailers resume from them and record acknowledged ones there.
+    pub positions: PositionsHandle,
 }
 
 /// The registry actor.
@@ -112,7 +115,13 @@ fn spawn_tailer(
     status: Arc<TailerStatus>,
     ctx: &Context<Registry>,
 ) -> Addr<Tailer> {
+    let start = args.positions.get(&target.id);
+    if let Some(p) = &start {
+        tracing::info!(target = %target.id, since = p.cursor.since, skip = p.cursor.skip, "resuming from the stored position");
+    }
     Tailer::start(TailerArgs {
+        start,
+        positions: Some(args.positions.clone()),
         target,
         client: args.client.clone(),
         forwarder: args.forwarder.clone(),
@@ -141,6 +150,9 @@ impl Handler<SetTargets> for Registry {
             .map(|(id, t)| (id.clone(), t.target.clone()))
             .collect();
         let diff = diff_targets(&known, &set);
+        self.args
+            .positions
+            .present(&set.targets.keys().collect(), jiff::Timestamp::now());
         for target in diff.start {
             tracing::info!(target = %target.id, "target discovered, starting tailer");
             let status = Arc::new(TailerStatus::default());

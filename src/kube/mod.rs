@@ -9,10 +9,14 @@
 //! token file ending in a newline (`echo $TOKEN > file`) breaks every request, where client-go
 //! and the reference trim it.
 //!
+//! Every request goes through [`Instrument`], which counts requests by verb and status and the
+//! connections in use (SPEC §8.2).
+//!
 //! Not here yet (other issues): proxies, `enable_http2` and the HTTP/2 pool, `follow_redirects`,
 //! the `qps`/`burst` limiter and `oauth2`.
 
 pub mod config;
+pub mod instrument;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,6 +28,7 @@ use base64::Engine as _;
 use http::HeaderValue;
 
 pub use config::client_config;
+pub use instrument::Instrument;
 
 use crate::config::{Auth, KubernetesConfig};
 
@@ -92,9 +97,13 @@ pub enum KubeClientError {
 pub async fn build_client(cfg: &KubernetesConfig) -> Result<::kube::Client, KubeClientError> {
     let config = client_config(cfg)?;
     let builder = ClientBuilder::try_from(config).map_err(KubeClientError::Client)?;
+    let instrument = Instrument::default();
     Ok(match FileCredential::from_auth(&cfg.auth)? {
-        Some(credential) => builder.with_layer(&credential).build(),
-        None => builder.build(),
+        Some(credential) => builder
+            .with_layer(&credential)
+            .with_layer(&instrument)
+            .build(),
+        None => builder.with_layer(&instrument).build(),
     })
 }
 

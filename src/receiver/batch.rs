@@ -11,7 +11,10 @@
 //! is done. Time is passed in, never read, so every rule is tested with explicit `Instant`s.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock, so tests with paused time drive `batch_wait` (same as std outside them).
+use tokio::time::Instant;
 
 use super::queue::QueuedChunk;
 

@@ -190,7 +190,7 @@ mod tests {
 
     fn batch_of(chunks: Vec<Arc<Chunk>>) -> Batch {
         let mut b = Batcher::new(usize::MAX, Duration::ZERO, None);
-        let now = Instant::now();
+        let now = tokio::time::Instant::now();
         for c in chunks {
             b.add(QueuedChunk::detached(c), now);
         }

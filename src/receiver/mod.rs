@@ -11,7 +11,8 @@
 //! from its queue, and each batch's send-and-retry loop is a future spawned in the actor's
 //! context, one in flight per tenant, tenants independent. All receivers run on one shared
 //! [`actix::Arbiter`] (one thread), so encoding and compression use the second core while the
-//! tailers read on the first.
+//! tailers read on the first ([`start_loki_on`] picks another arbiter, for tests). Timers and
+//! batch ages use tokio's clock, so tests can drive a long outage under paused time.
 //!
 //! Shutdown ([`ReceiverHandle::shutdown`]): stop accepting, send everything queued (closing
 //! batches without waiting for `batch_wait`) until the deadline, then stop; chunks not
@@ -26,9 +27,11 @@ pub mod retry;
 pub mod stdout;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
+// Tokio's clock: `batch_wait`, backoffs and timers follow paused time in tests.
+use tokio::time::Instant;
 
 use self::batch::{Batch, Batcher};
 use self::encode::encode;
@@ -66,8 +69,10 @@ pub struct ReceiverStatus {
     pub in_flight_batches: usize,
     /// When Loki last acknowledged a batch.
     pub last_success: Option<jiff::Timestamp>,
-    /// The last failure: a status and Loki's answer, or a transport error.
+    /// The last failure: a status and the first line of Loki's answer, or a transport error.
     pub last_error: Option<String>,
+    /// When `last_error` happened (compare with `last_success` to tell a past failure).
+    pub last_error_at: Option<jiff::Timestamp>,
     /// Entries acknowledged since start.
     pub sent_entries: u64,
     /// Entries dropped since start, for every reason.
@@ -144,14 +149,11 @@ impl ReceiverHandle {
 
     /// Stops accepting chunks, sends what is queued until `deadline`, then stops the receiver.
     /// Chunks not delivered by then are not acknowledged.
-    pub async fn shutdown(self, deadline: Instant) {
+    pub async fn shutdown(self, deadline: std::time::Instant) {
         self.queue.close();
         // An error means the receiver already stopped: nothing left to flush.
         if self.flush.send(Flush).await.is_ok() {
-            let flushed = self
-                .queue
-                .wait_empty(tokio::time::Instant::from_std(deadline))
-                .await;
+            let flushed = self.queue.wait_empty(Instant::from_std(deadline)).await;
             if !flushed {
                 tracing::warn!(
                     receiver = %self.name,
@@ -168,6 +170,16 @@ impl ReceiverHandle {
 /// Starts the receiver `[loki.<name>]` on the receivers' arbiter. Must be called inside a
 /// running actix `System`.
 pub fn start_loki(name: String, config: LokiConfig) -> Result<ReceiverHandle, ReceiverError> {
+    start_loki_on(&receivers_arbiter(), name, config)
+}
+
+/// Starts the receiver `[loki.<name>]` on `arbiter` (tests pass `Arbiter::current()` to run it
+/// on their own thread, under paused time or a thread-local metrics recorder).
+pub fn start_loki_on(
+    arbiter: &ArbiterHandle,
+    name: String,
+    config: LokiConfig,
+) -> Result<ReceiverHandle, ReceiverError> {
     let client = PushClient::new(&config).map_err(|source| ReceiverError::Client {
         name: name.clone(),
         source,
@@ -176,7 +188,7 @@ pub fn start_loki(name: String, config: LokiConfig) -> Result<ReceiverHandle, Re
     let (queue, rx) = queue::channel(name.clone(), config.buffer_size, config.on_full);
     let stats = queue.stats();
     let actor_name = name.clone();
-    let addr = LokiReceiver::start_in_arbiter(&receivers_arbiter(), move |ctx| {
+    let addr = LokiReceiver::start_in_arbiter(arbiter, move |ctx| {
         LokiReceiver::new(actor_name, client, config, stats, rx, ctx)
     });
     Ok(ReceiverHandle::new(name, queue, addr))
@@ -285,7 +297,7 @@ struct LokiReceiver {
     /// Every sender is gone: stop once the last batch is done.
     input_ended: bool,
     last_success: Option<jiff::Timestamp>,
-    last_error: Option<String>,
+    last_error: Option<(jiff::Timestamp, String)>,
     sent_entries: u64,
     dropped_entries: u64,
     drop_log: LogLimiter,
@@ -403,7 +415,7 @@ impl LokiReceiver {
                         "dropped a batch Loki did not accept"
                     );
                 }
-                self.last_error = Some(detail);
+                self.last_error = Some((jiff::Timestamp::now(), detail));
             }
             BatchEnd::Empty => {}
         }
@@ -538,7 +550,7 @@ impl Handler<AttemptFailed> for LokiReceiver {
                 failed.delay
             );
         }
-        self.last_error = Some(failed.detail);
+        self.last_error = Some((jiff::Timestamp::now(), failed.detail));
     }
 }
 
@@ -567,7 +579,8 @@ impl Handler<GetStatus> for LokiReceiver {
             buffer_size: self.queue.capacity(),
             in_flight_batches: self.batcher.in_flight(),
             last_success: self.last_success,
-            last_error: self.last_error.clone(),
+            last_error_at: self.last_error.as_ref().map(|(at, _)| *at),
+            last_error: self.last_error.as_ref().map(|(_, e)| e.clone()),
             sent_entries: self.sent_entries,
             dropped_entries: self.dropped_entries + self.queue.dropped_entries(),
         })
@@ -637,6 +650,8 @@ pub(crate) mod test_support {
 mod tests {
     //! Receivers and the forwarder against the simulator's Loki sink, over real sockets.
     use std::collections::BTreeMap;
+    // Shutdown deadlines and elapsed-time checks are wall-clock here.
+    use std::time::Instant;
 
     use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
@@ -699,7 +714,7 @@ mod tests {
 
     #[test]
     fn log_limiter_allows_one_line_per_period_and_counts_the_rest() {
-        let t0 = Instant::now();
+        let t0 = tokio::time::Instant::now();
         let mut l = LogLimiter::default();
         assert_eq!(l.allow(t0), Some(0));
         assert_eq!(l.allow(t0 + Duration::from_secs(1)), None);
@@ -718,6 +733,7 @@ mod tests {
         let rb = start_loki("b".into(), config(&b)).unwrap();
         let forwarder = Forwarder::new(vec![ra.clone(), rb]).start();
         let (ack, mut acked) = unbounded_channel();
+        let ack: AckSender = Arc::new(ack);
         for seq in 0..20 {
             forwarder
                 .send(Forward(chunk(seq, 5, None, &ack)))
@@ -756,6 +772,7 @@ mod tests {
         ])
         .start();
         let (ack, mut acked) = unbounded_channel();
+        let ack: AckSender = Arc::new(ack);
         for seq in 0..10 {
             forwarder
                 .send(Forward(chunk(seq, 3, None, &ack)))
@@ -781,6 +798,7 @@ mod tests {
         let receiver = start_loki("r".into(), config(&sink)).unwrap();
         let forwarder = Forwarder::new(vec![receiver.clone()]).start();
         let (ack, mut acked) = unbounded_channel();
+        let ack: AckSender = Arc::new(ack);
         forwarder
             .send(Forward(chunk(1, 4, None, &ack)))
             .await
@@ -817,6 +835,7 @@ mod tests {
         c.min_backoff = Duration::from_millis(10);
         let forwarder = Forwarder::new(vec![start_loki("r".into(), c).unwrap()]).start();
         let (ack, mut acked) = unbounded_channel();
+        let ack: AckSender = Arc::new(ack);
         forwarder
             .send(Forward(chunk(1, 2, None, &ack)))
             .await
@@ -842,6 +861,7 @@ mod tests {
         let receiver = start_loki("r".into(), c).unwrap();
         let forwarder = Forwarder::new(vec![receiver.clone()]).start();
         let (ack, mut acked) = unbounded_channel();
+        let ack: AckSender = Arc::new(ack);
         // 30 chunks of 10 lines × 10 bytes = 100 bytes: 10 fit, 20 are dropped.
         for seq in 0..30 {
             let lines: Vec<String> = (0..10).map(|i| format!("l-{seq:03}-{i:04}")).collect();
@@ -872,6 +892,7 @@ mod tests {
         c.tenant_id = Some("default".into());
         let forwarder = Forwarder::new(vec![start_loki("r".into(), c).unwrap()]).start();
         let (ack, mut acked) = unbounded_channel();
+        let ack: AckSender = Arc::new(ack);
         forwarder
             .send(Forward(chunk(1, 2, Some("team-a"), &ack)))
             .await
@@ -909,6 +930,7 @@ mod tests {
         c.batch_wait = Duration::from_secs(600);
         let forwarder = Forwarder::new(vec![start_loki("r".into(), c).unwrap()]).start();
         let (ack, mut acked) = unbounded_channel();
+        let ack: AckSender = Arc::new(ack);
         for seq in 0..5 {
             forwarder
                 .send(Forward(chunk(seq, 3, None, &ack)))
@@ -940,6 +962,7 @@ mod tests {
         let forwarder =
             Forwarder::new(vec![start_loki("r".into(), config(&sink)).unwrap()]).start();
         let (ack, mut acked) = unbounded_channel();
+        let ack: AckSender = Arc::new(ack);
         forwarder
             .send(Forward(chunk(1, 3, None, &ack)))
             .await
@@ -986,6 +1009,7 @@ mod tests {
         assert_eq!(receiver.name(), "stdout");
         let forwarder = Forwarder::new(vec![receiver]).start();
         let (ack, mut acked) = unbounded_channel();
+        let ack: AckSender = Arc::new(ack);
         forwarder
             .send(Forward(chunk(1, 2, None, &ack)))
             .await

@@ -289,6 +289,7 @@ mod tests {
     async fn drop_policy_drops_and_finishes_when_full() {
         let (tx, mut rx) = channel("r".into(), 10, OnFull::Drop);
         let (ack, mut acks) = tokio::sync::mpsc::unbounded_channel();
+        let ack: AckSender = Arc::new(ack);
         tx.push(chunk_of(&["123456"], 1, Some(ack.clone()))).await;
         assert_eq!(tx.queued_bytes(), 6);
         // 6 + 6 > 10: dropped, finished (acknowledged) and counted.
@@ -325,6 +326,7 @@ mod tests {
     async fn closing_refuses_without_finishing_and_wait_empty_resolves() {
         let (tx, mut rx) = channel("r".into(), 4, OnFull::Block);
         let (ack, mut acks) = tokio::sync::mpsc::unbounded_channel();
+        let ack: AckSender = Arc::new(ack);
         tx.push(chunk_of(&["1234"], 1, Some(ack.clone()))).await;
         let waiting = tokio::spawn(tx.push(chunk_of(&["5"], 2, Some(ack.clone()))));
         tokio::task::yield_now().await;

@@ -26,7 +26,8 @@ pub struct StdoutReceiver {
     buf: Vec<u8>,
     queue: QueueStats,
     sent_entries: u64,
-    last_error: Option<String>,
+    last_success: Option<jiff::Timestamp>,
+    last_error: Option<(jiff::Timestamp, String)>,
     last_error_log: Option<Instant>,
 }
 
@@ -39,6 +40,7 @@ impl StdoutReceiver {
             buf: Vec::with_capacity(64 * 1024),
             queue,
             sent_entries: 0,
+            last_success: None,
             last_error: None,
             last_error_log: None,
         }
@@ -66,7 +68,9 @@ impl StreamHandler<QueuedChunk> for StdoutReceiver {
                 tracing::warn!(error = %e, "cannot write entries to stdout; they are dropped");
                 self.last_error_log = Some(now);
             }
-            self.last_error = Some(e.to_string());
+            self.last_error = Some((jiff::Timestamp::now(), e.to_string()));
+        } else {
+            self.last_success = Some(jiff::Timestamp::now());
         }
         let chunk = &item.chunk;
         self.sent_entries += chunk.entries.len() as u64;
@@ -101,8 +105,9 @@ impl Handler<GetStatus> for StdoutReceiver {
             queued_bytes: self.queue.queued_bytes(),
             buffer_size: self.queue.capacity(),
             in_flight_batches: 0,
-            last_success: None,
-            last_error: self.last_error.clone(),
+            last_success: self.last_success,
+            last_error_at: self.last_error.as_ref().map(|(at, _)| *at),
+            last_error: self.last_error.as_ref().map(|(_, e)| e.clone()),
             sent_entries: self.sent_entries,
             dropped_entries: self.queue.dropped_entries(),
         })

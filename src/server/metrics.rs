@@ -85,7 +85,12 @@ pub fn install() -> PrometheusHandle {
             // the handle still renders this recorder's view then, which stays empty.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            describe_operations();
             gauge!("kube_log_relay_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            register_initial();
+            counter!("kube_log_relay_position_writes_total").absolute(0);
+            counter!("kube_log_relay_position_write_errors_total").absolute(0);
+            gauge!("kube_log_relay_positions_lag_seconds").set(0.0);
             handle
         })
         .clone()
@@ -153,6 +158,19 @@ fn describe() {
         "loki_write_entry_propagation_latency_seconds",
         Unit::Seconds,
         "Time from reading a line to Loki acknowledging it."
+    );
+    describe_gauge!(
+        "kube_log_relay_positions_lag_seconds",
+        Unit::Seconds,
+        "Age of the oldest line read and not yet acknowledged by every receiver."
+    );
+    describe_counter!(
+        "kube_log_relay_position_writes_total",
+        "Writes of the positions store."
+    );
+    describe_counter!(
+        "kube_log_relay_position_write_errors_total",
+        "Failed writes of the positions store."
     );
     describe_gauge!(
         "kube_log_relay_receiver_queue_bytes",
@@ -240,4 +258,155 @@ pub fn request(receiver: &str, status: &str, duration: Duration, body_bytes: usi
 pub fn propagation_latency(receiver: &str, latency: Duration) {
     histogram!("loki_write_entry_propagation_latency_seconds", "receiver" => receiver.to_string())
         .record(latency.as_secs_f64());
+}
+
+/// The positions store was written.
+pub fn position_write() {
+    counter!("kube_log_relay_position_writes_total").increment(1);
+}
+
+/// Writing the positions store failed.
+pub fn position_write_error() {
+    counter!("kube_log_relay_position_write_errors_total").increment(1);
+}
+
+/// Age of the oldest unacknowledged line.
+pub fn positions_lag(lag: Duration) {
+    gauge!("kube_log_relay_positions_lag_seconds").set(lag.as_secs_f64());
+}
+
+/// The metrics of SPEC §8.2 about operating the relay: the Kubernetes client, reloads and
+/// clustering.
+fn describe_operations() {
+    describe_counter!(
+        "kube_log_relay_api_requests_total",
+        "Kubernetes API requests, by verb (get, list, watch, log, create, update, patch, delete) and HTTP status code (or \"error\" when no answer came)."
+    );
+    describe_histogram!(
+        "kube_log_relay_api_rate_limit_wait_seconds",
+        Unit::Seconds,
+        "Time a Kubernetes API request waited for the client-side qps/burst limiter."
+    );
+    describe_gauge!(
+        "kube_log_relay_api_connections",
+        "Connections to the Kubernetes API server carrying at least one request or stream."
+    );
+    describe_gauge!(
+        "kube_log_relay_config_last_reload_successful",
+        "1 when the last configuration load or reload succeeded, 0 when it was refused."
+    );
+    describe_gauge!(
+        "kube_log_relay_config_last_reload_success_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time of the last successful configuration load or reload."
+    );
+    describe_gauge!(
+        "kube_log_relay_cluster_members",
+        "Replicas in the cluster (unexpired Leases); 0 while clustering is disabled."
+    );
+    describe_gauge!(
+        "kube_log_relay_cluster_owned_targets",
+        "Targets this replica owns; 0 while clustering is disabled."
+    );
+    describe_counter!(
+        "kube_log_relay_cluster_handovers_total",
+        "Targets handed over to or taken over from another replica."
+    );
+    describe_counter!(
+        "kube_log_relay_cluster_lease_errors_total",
+        "Failed Lease creations, renewals and deletions."
+    );
+}
+
+/// Every series whose labels are known up front, at its initial value, so dashboards and alerts
+/// see them before the first event. Counters are touched with `increment(0)`, never reset.
+fn register_initial() {
+    for name in [
+        "kube_log_relay_lines_read_total",
+        "kube_log_relay_bytes_read_total",
+        "kube_log_relay_lines_without_timestamp_total",
+        "kube_log_relay_lines_truncated_total",
+        "kube_log_relay_stream_opens_total",
+        "kube_log_relay_cluster_handovers_total",
+        "kube_log_relay_cluster_lease_errors_total",
+    ] {
+        counter!(name).increment(0);
+    }
+    counter!("kube_log_relay_lines_dropped_total", "reason" => LineDrop::TooLong.as_str())
+        .increment(0);
+    // No limiter exists yet, so nothing ever waits: the histogram stays empty.
+    let _registered = histogram!("kube_log_relay_api_rate_limit_wait_seconds");
+    gauge!("kube_log_relay_api_connections").increment(0.0);
+    gauge!("kube_log_relay_cluster_members").set(0.0);
+    gauge!("kube_log_relay_cluster_owned_targets").set(0.0);
+    // Installed when the relay starts with a validated configuration: the initial load.
+    config_loaded(true);
+}
+
+/// Registers a receiver's series at zero (counters are not reset when they already exist).
+pub fn register_receiver(receiver: &str) {
+    let r = receiver.to_string();
+    counter!("loki_write_sent_entries_total", "receiver" => r.clone()).increment(0);
+    counter!("loki_write_sent_bytes_total", "receiver" => r.clone()).increment(0);
+    counter!("loki_write_batch_retries_total", "receiver" => r.clone()).increment(0);
+    gauge!("kube_log_relay_receiver_queue_bytes", "receiver" => r.clone()).increment(0.0);
+    for reason in [
+        SendDrop::Rejected,
+        SendDrop::RetriesExhausted,
+        SendDrop::QueueFull,
+        SendDrop::LineTooLong,
+        SendDrop::InvalidLabels,
+    ] {
+        counter!("loki_write_dropped_entries_total", "receiver" => r.clone(), "reason" => reason.as_str())
+            .increment(0);
+        counter!("loki_write_dropped_bytes_total", "receiver" => r.clone(), "reason" => reason.as_str())
+            .increment(0);
+    }
+}
+
+/// One Kubernetes API request finished; `verb` is one of a fixed set, `code` the HTTP status or
+/// `"error"`.
+pub fn api_request(verb: &'static str, code: &str) {
+    counter!("kube_log_relay_api_requests_total", "verb" => verb, "code" => code.to_string())
+        .increment(1);
+}
+
+/// Connections to the API server in use now.
+pub fn api_connections(n: usize) {
+    gauge!("kube_log_relay_api_connections").set(n as f64);
+}
+
+/// A request waited for the client-side rate limiter.
+pub fn api_rate_limit_wait(wait: Duration) {
+    histogram!("kube_log_relay_api_rate_limit_wait_seconds").record(wait.as_secs_f64());
+}
+
+/// A configuration was loaded (at start) or reloaded: `ok = false` when it was refused and the
+/// previous one kept running.
+pub fn config_loaded(ok: bool) {
+    gauge!("kube_log_relay_config_last_reload_successful").set(if ok { 1.0 } else { 0.0 });
+    if ok {
+        gauge!("kube_log_relay_config_last_reload_success_timestamp_seconds")
+            .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
+    }
+}
+
+/// Members of the cluster (unexpired Leases).
+pub fn cluster_members(n: usize) {
+    gauge!("kube_log_relay_cluster_members").set(n as f64);
+}
+
+/// Targets this replica owns.
+pub fn cluster_owned_targets(n: usize) {
+    gauge!("kube_log_relay_cluster_owned_targets").set(n as f64);
+}
+
+/// A target changed owner (handed over or taken over).
+pub fn cluster_handover() {
+    counter!("kube_log_relay_cluster_handovers_total").increment(1);
+}
+
+/// A Lease operation failed.
+pub fn cluster_lease_error() {
+    counter!("kube_log_relay_cluster_lease_errors_total").increment(1);
 }

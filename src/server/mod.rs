@@ -1,26 +1,97 @@
-//! The relay's HTTP endpoints (SPEC §8.3): metrics, health and the debug API.
+//! The relay's HTTP endpoints (SPEC §8.3): metrics, health, the debug API and the status page.
+//!
+//! | path | what |
+//! |---|---|
+//! | `GET /metrics` | every metric of [`metrics`] plus `process_*` ([`process`]), Prometheus text |
+//! | `GET /-/healthy` | 200 while the registry, forwarder and discovery actors run |
+//! | `GET /-/ready` | 200 once a configuration is loaded and the first discovery sync applied |
+//! | `GET /api/v1/targets` | every target with its state and progress; `?namespace=`, `?state=` |
+//! | `GET /api/v1/receivers` | every receiver's queue, last success and last error |
+//! | `GET /api/v1/config` | the effective configuration, every secret redacted ([`config_view`]) |
+//! | `GET /` | the status page ([`page`]): plain HTML, no JavaScript |
+//!
+//! What a reload replaces — the configuration and the receivers — lives in [`Live`], which the
+//! handlers read on every request, so `POST /-/reload` (SPEC §8.1) only has to apply the new
+//! configuration and call [`Live::replace`]; the route is added next to the others in
+//! [`router`].
 
+pub mod config_view;
 pub mod metrics;
+pub mod page;
+pub mod process;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use actix::Addr;
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use futures::future::join_all;
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use crate::registry::{GetTargets, Registry};
+use crate::config::Config;
+use crate::discovery::Discovery;
+use crate::forward::Forwarder;
+use crate::receiver::{ReceiverHandle, ReceiverStatus};
+use crate::registry::{GetTargets, Registry, TargetView, Targets};
+
+/// How often histograms are folded into their buckets when nobody scrapes: without it, an
+/// unscraped relay would keep every sample.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// What the handlers need.
 #[derive(Clone)]
 pub struct ServerState {
     pub registry: Addr<Registry>,
+    pub forwarder: Addr<Forwarder>,
+    pub discovery: Addr<Discovery>,
     pub metrics: PrometheusHandle,
+    /// The configuration and receivers in force, replaced by a reload.
+    pub live: Live,
+}
+
+/// The configuration in force and the receivers built from it, shared with whoever reloads.
+#[derive(Clone)]
+pub struct Live(Arc<RwLock<Arc<Running>>>);
+
+/// One generation of [`Live`].
+pub struct Running {
+    pub config: Arc<Config>,
+    pub receivers: Vec<ReceiverHandle>,
+}
+
+impl Running {
+    /// A generation; registers its receivers' metrics at zero so they show before traffic.
+    fn new(config: Arc<Config>, receivers: Vec<ReceiverHandle>) -> Arc<Running> {
+        for r in &receivers {
+            metrics::register_receiver(r.name());
+        }
+        Arc::new(Running { config, receivers })
+    }
+}
+
+impl Live {
+    /// The first generation: the configuration the relay started with and its receivers.
+    pub fn new(config: Arc<Config>, receivers: Vec<ReceiverHandle>) -> Live {
+        Live(Arc::new(RwLock::new(Running::new(config, receivers))))
+    }
+
+    /// Puts a new configuration and its receivers in force (reload).
+    pub fn replace(&self, config: Arc<Config>, receivers: Vec<ReceiverHandle>) {
+        let next = Running::new(config, receivers);
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = next;
+    }
+
+    /// The generation in force now.
+    pub fn current(&self) -> Arc<Running> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// Binds `listen`, reporting an error that names the address.
@@ -47,78 +118,213 @@ pub enum ServerError {
 /// The router of every endpoint.
 pub fn router(state: ServerState) -> Router {
     Router::new()
+        .route("/", get(status_page))
         .route("/metrics", get(metrics_text))
         .route("/-/healthy", get(healthy))
         .route("/-/ready", get(ready))
         .route("/api/v1/targets", get(targets))
+        .route("/api/v1/receivers", get(receivers))
+        .route("/api/v1/config", get(config))
         .with_state(state)
 }
 
-/// Serves the endpoints until the task is dropped.
+/// Serves the endpoints until the runtime stops; also keeps the histograms folded.
 pub fn spawn(listener: TcpListener, state: ServerState) -> SocketAddr {
     let addr = listener
         .local_addr()
         .expect("a bound listener has an address");
+    let handle = state.metrics.clone();
     let app = router(state);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
+        let serve = axum::serve(listener, app);
+        let upkeep = async {
+            let mut every = tokio::time::interval(UPKEEP_EVERY);
+            loop {
+                every.tick().await;
+                handle.run_upkeep();
+            }
+        };
+        tokio::select! {
+            result = serve => if let Err(e) = result {
+                tracing::error!(error = %e, "HTTP server stopped");
+            },
+            () = upkeep => {}
         }
     });
     addr
 }
 
+fn text(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+fn registry_stopped() -> Response {
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the registry actor stopped\n".into(),
+    )
+}
+
 async fn metrics_text(State(state): State<ServerState>) -> Response {
+    let mut body = state.metrics.render();
+    if let Some(stats) = process::read() {
+        process::render(&stats, &mut body);
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        body,
     )
         .into_response()
 }
 
+/// Which of the long-lived actors stopped; empty when the process is healthy.
+fn stopped_actors(state: &ServerState) -> Vec<&'static str> {
+    let mut stopped = Vec::new();
+    if !state.registry.connected() {
+        stopped.push("registry");
+    }
+    if !state.forwarder.connected() {
+        stopped.push("forwarder");
+    }
+    if !state.discovery.connected() {
+        stopped.push("discovery");
+    }
+    stopped
+}
+
 async fn healthy(State(state): State<ServerState>) -> Response {
-    if state.registry.connected() {
-        (StatusCode::OK, "OK\n").into_response()
+    let stopped = stopped_actors(&state);
+    if stopped.is_empty() {
+        text(StatusCode::OK, "OK\n".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "registry stopped\n").into_response()
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("stopped: {}\n", stopped.join(", ")),
+        )
     }
 }
 
 async fn ready(State(state): State<ServerState>) -> Response {
+    // A configuration is in force whenever the server runs: Live is built from it.
     match state.registry.send(GetTargets).await {
-        Ok(t) if t.synced => (StatusCode::OK, "ready\n").into_response(),
-        Ok(_) => (
+        Ok(t) if t.synced => text(StatusCode::OK, "ready\n".into()),
+        Ok(_) => text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for the first discovery sync\n",
-        )
-            .into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "registry stopped\n").into_response(),
+            "waiting for the first discovery sync\n".into(),
+        ),
+        Err(_) => registry_stopped(),
     }
 }
 
-/// Filters of `/api/v1/targets`.
-#[derive(Debug, Default, Deserialize)]
-struct TargetFilter {
-    namespace: Option<String>,
-    state: Option<String>,
+/// Filters of `/api/v1/targets` and the status page.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct TargetFilter {
+    /// Only targets of this namespace.
+    pub namespace: Option<String>,
+    /// Only targets in this state (`running`, `backoff`, …, `rejected`).
+    pub state: Option<String>,
+}
+
+impl TargetFilter {
+    /// An empty parameter (`?namespace=` as an HTML form sends it) means no filter.
+    fn normalized(self) -> TargetFilter {
+        let keep = |v: Option<String>| v.filter(|s| !s.is_empty());
+        TargetFilter {
+            namespace: keep(self.namespace),
+            state: keep(self.state),
+        }
+    }
+
+    /// Whether `target` passes the filter.
+    pub fn matches(&self, target: &TargetView) -> bool {
+        self.state.as_deref().is_none_or(|s| target.state == s)
+            && self
+                .namespace
+                .as_deref()
+                .is_none_or(|ns| namespace_of(target) == Some(ns))
+    }
+}
+
+/// A target's namespace: its identity's, or for a rejected target whatever discovery knew.
+pub fn namespace_of(target: &TargetView) -> Option<&str> {
+    target
+        .id
+        .as_ref()
+        .map(|id| id.namespace.as_str())
+        .or_else(|| {
+            target
+                .discovered_labels
+                .get("__meta_kubernetes_namespace")
+                .or_else(|| target.discovered_labels.get("__pod_namespace__"))
+                .map(String::as_str)
+        })
 }
 
 async fn targets(State(state): State<ServerState>, Query(filter): Query<TargetFilter>) -> Response {
+    let filter = filter.normalized();
     let Ok(mut t) = state.registry.send(GetTargets).await else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "registry stopped\n").into_response();
+        return registry_stopped();
     };
-    t.targets.retain(|v| {
-        filter.state.as_deref().is_none_or(|s| v.state == s)
-            && filter.namespace.as_deref().is_none_or(|ns| {
-                v.id.as_ref().map(|id| id.namespace.as_str()) == Some(ns)
-                    || v.discovered_labels
-                        .get("__meta_kubernetes_namespace")
-                        .map(String::as_str)
-                        == Some(ns)
-            })
-    });
+    t.targets.retain(|v| filter.matches(v));
     axum::Json(t).into_response()
+}
+
+/// One receiver as `/api/v1/receivers` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReceiverView {
+    pub name: String,
+    /// False once the receiver's actor stopped (it then has no status).
+    pub running: bool,
+    pub status: Option<ReceiverStatus>,
+}
+
+async fn receiver_views(live: &Live) -> Vec<ReceiverView> {
+    let running = live.current();
+    join_all(running.receivers.iter().map(|r| async move {
+        let status = r.status().await;
+        ReceiverView {
+            name: r.name().to_string(),
+            running: status.is_some(),
+            status,
+        }
+    }))
+    .await
+}
+
+async fn receivers(State(state): State<ServerState>) -> Response {
+    axum::Json(receiver_views(&state.live).await).into_response()
+}
+
+async fn config(State(state): State<ServerState>) -> Response {
+    axum::Json(config_view::view(&state.live.current().config)).into_response()
+}
+
+async fn status_page(
+    State(state): State<ServerState>,
+    Query(filter): Query<TargetFilter>,
+) -> Response {
+    let Ok(Targets { synced, targets }) = state.registry.send(GetTargets).await else {
+        return registry_stopped();
+    };
+    let receivers = receiver_views(&state.live).await;
+    let running = state.live.current();
+    Html(page::render(&page::PageData {
+        version: env!("CARGO_PKG_VERSION"),
+        synced,
+        stopped: stopped_actors(&state),
+        targets: &targets,
+        filter: &filter.normalized(),
+        receivers: &receivers,
+        clustering: &running.config.clustering,
+        now: jiff::Timestamp::now(),
+    }))
+    .into_response()
 }

@@ -7,6 +7,14 @@
 //! positions store persists.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::cursor::Position;
+use super::status::TailerStatus;
+use crate::chunk::Acknowledge;
+use crate::positions::PositionsHandle;
+use crate::target::TargetId;
 
 /// Pending chunks and the acknowledged position; `P` is the position type (a cursor plus the
 /// container instance it belongs to).
@@ -68,6 +76,112 @@ impl<P: Clone> AckTracker<P> {
     /// Chunks sent and not yet acknowledged (or waiting for an older one).
     pub fn in_flight(&self) -> usize {
         self.pending.len()
+    }
+}
+
+/// The acknowledgement side of one tailer, shared with the chunks it sends (SPEC §4.4).
+///
+/// Receivers call [`Acknowledge::acknowledge`] on it from their own thread; it advances the
+/// [`AckTracker`], and when the acknowledged position moves, writes it to the positions table
+/// and the tailer's status. It outlives the read loop, so acknowledgements that arrive after the
+/// tailer stopped (receivers flushing at shutdown) still move the stored position.
+#[derive(Debug)]
+pub struct TargetAcks {
+    id: TargetId,
+    tracker: Mutex<Tracked>,
+    positions: Option<PositionsHandle>,
+    status: Arc<TailerStatus>,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    tracker: AckTracker<Position>,
+    /// When the oldest chunk in flight was read, per pending `seq` in order.
+    read_at: VecDeque<(u64, Instant)>,
+}
+
+impl TargetAcks {
+    /// A tracker for `id` starting at `start` (its stored position, if any).
+    pub fn new(
+        id: TargetId,
+        start: Option<Position>,
+        positions: Option<PositionsHandle>,
+        status: Arc<TailerStatus>,
+    ) -> Arc<TargetAcks> {
+        let acks = Arc::new(TargetAcks {
+            id,
+            tracker: Mutex::new(Tracked {
+                tracker: AckTracker::new(start),
+                read_at: VecDeque::new(),
+            }),
+            positions,
+            status,
+        });
+        if let Some(p) = &acks.positions {
+            p.register(&acks.id, &acks);
+        }
+        acks
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tracked> {
+        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A chunk `seq` read at `read_at` leaves with the position `after` its last line.
+    pub fn sent(&self, seq: u64, after: Position, read_at: Instant) {
+        let mut t = self.lock();
+        t.tracker.sent(seq, after);
+        t.read_at.push_back((seq, read_at));
+        let in_flight = t.tracker.in_flight();
+        drop(t);
+        self.status.update(|s| s.chunks_in_flight = in_flight);
+    }
+
+    /// The position moved without a chunk (lines skipped or dropped by policy).
+    pub fn moved(&self, after: Position) {
+        let mut t = self.lock();
+        t.tracker.moved(after);
+        let acknowledged = t.tracker.acknowledged().cloned();
+        drop(t);
+        self.publish(acknowledged);
+    }
+
+    /// When the oldest line not yet acknowledged was read.
+    pub fn oldest_unacknowledged(&self) -> Option<Instant> {
+        self.lock().read_at.front().map(|(_, at)| *at)
+    }
+
+    /// The acknowledged position so far.
+    pub fn acknowledged(&self) -> Option<Position> {
+        self.lock().tracker.acknowledged().cloned()
+    }
+
+    fn publish(&self, acknowledged: Option<Position>) {
+        if let (Some(p), Some(pos)) = (&self.positions, &acknowledged) {
+            p.update(&self.id, pos.clone());
+        }
+        let in_flight = self.lock().tracker.in_flight();
+        self.status.update(|s| {
+            s.acknowledged = acknowledged;
+            s.chunks_in_flight = in_flight;
+        });
+    }
+}
+
+impl Acknowledge for TargetAcks {
+    fn acknowledge(&self, seq: u64) {
+        let mut t = self.lock();
+        if !t.tracker.ack(seq) {
+            return;
+        }
+        // Every chunk up to the acknowledged prefix is done; the rest are still in flight.
+        let in_flight = t.tracker.in_flight();
+        while t.read_at.len() > in_flight {
+            t.read_at.pop_front();
+        }
+        let acknowledged = t.tracker.acknowledged().cloned();
+        drop(t);
+        self.publish(acknowledged);
     }
 }
 

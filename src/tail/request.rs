@@ -55,6 +55,16 @@ pub fn start_cursor(start: StartFrom, now: Timestamp) -> Cursor {
     }
 }
 
+/// The cursor and the read of a tailer's first stream: a stored position wins whatever
+/// `start_from` says (a restart resumes exactly); without one, `start_from` decides.
+pub fn first_read(stored: Option<Cursor>, start: StartFrom, now: Timestamp) -> (Cursor, Read) {
+    match (stored, start) {
+        (Some(cursor), _) => (cursor, Read::Follow),
+        (None, StartFrom::End) => (start_cursor(start, now), Read::FollowFromEnd),
+        (None, _) => (start_cursor(start, now), Read::Follow),
+    }
+}
+
 /// The parameters of one `pods/log` request.
 pub fn log_params(container: &str, cursor: Cursor, read: Read) -> LogParams {
     LogParams {
@@ -98,6 +108,32 @@ mod tests {
         for (start, want) in table {
             assert_eq!(start_cursor(start, now), want, "{start:?}");
         }
+    }
+
+    #[test]
+    fn a_stored_position_wins_over_start_from() {
+        let now = ts(1_000, 0);
+        let stored = Cursor {
+            since: 900,
+            skip: 4,
+        };
+        let ago = StartFrom::Ago(Duration::from_secs(10));
+        for start in [StartFrom::Beginning, StartFrom::End, ago] {
+            assert_eq!(
+                first_read(Some(stored), start, now),
+                (stored, Read::Follow),
+                "{start:?}"
+            );
+        }
+        assert_eq!(
+            first_read(None, StartFrom::Beginning, now),
+            (Cursor::BEGINNING, Read::Follow)
+        );
+        assert_eq!(
+            first_read(None, StartFrom::End, now),
+            (Cursor::at(1_001), Read::FollowFromEnd)
+        );
+        assert_eq!(first_read(None, ago, now), (Cursor::at(990), Read::Follow));
     }
 
     #[test]

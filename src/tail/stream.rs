@@ -10,8 +10,8 @@
 //! - A chunk goes out as soon as it holds `chunk_lines` entries or ~1 MiB, *or* the stream has
 //!   no more bytes ready: lines never wait for a chunk to fill. Each send is awaited, so a full
 //!   receiver queue pushes back to the stream.
-//! - Acknowledgements come back on a channel and move the acknowledged position ([`AckTracker`]),
-//!   published in the tailer's status for the positions store.
+//! - Acknowledgements go to the tailer's [`TargetAcks`], shared with its chunks: it moves the
+//!   acknowledged position in the positions table and the status, even after this loop ended.
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -24,10 +24,10 @@ use futures::io::{AsyncBufRead, AsyncBufReadExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::acks::AckTracker;
+use super::acks::TargetAcks;
 use super::backoff::Backoff;
 use super::cursor::{Admit, Position, ReadCursor};
 use super::line::{self, LineSplitter};
@@ -35,7 +35,7 @@ use super::request::{self, Read};
 use super::status::{TailerStatus, TargetState};
 use super::termination::{self, FinishReason, Termination};
 use crate::chunk::{AckSender, Chunk, Entry};
-use crate::config::model::{OnLongLine, StartFrom, TailConfig};
+use crate::config::model::{OnLongLine, TailConfig};
 use crate::forward::Forward;
 use crate::server::metrics::{self, LineDrop};
 use crate::target::{Target, TargetId};
@@ -67,6 +67,8 @@ pub(crate) struct ReadLoop {
     pub status: Arc<TailerStatus>,
     /// Where to resume (a stored position); `None` starts per `start_from`.
     pub start: Option<Position>,
+    /// The acknowledgement tracker (starting at `start`), shared with every chunk sent.
+    pub acks: Arc<TargetAcks>,
 }
 
 /// What the loop does next.
@@ -176,9 +178,7 @@ struct Tail {
     container_id: Option<Arc<str>>,
     /// The new instance to follow after reading the previous one's remainder (SPEC §5.5).
     restarted_to: Option<Arc<str>>,
-    acks: AckTracker<Position>,
-    ack_tx: AckSender,
-    ack_rx: mpsc::UnboundedReceiver<u64>,
+    acks: Arc<TargetAcks>,
     backoff: Backoff,
     seq: u64,
     drain_deadline: Option<Instant>,
@@ -188,28 +188,20 @@ struct Tail {
 impl ReadLoop {
     /// Runs until the target finished; returns the container ID it was following.
     pub async fn run(self) -> Option<String> {
-        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let config = self.config.clone();
-        let (cursor, container_id, first) = match &self.start {
-            Some(p) => (p.cursor, p.container_id.clone(), Read::Follow),
-            None => {
-                let cursor = request::start_cursor(config.start_from, Timestamp::now());
-                let first = if config.start_from == StartFrom::End {
-                    Read::FollowFromEnd
-                } else {
-                    Read::Follow
-                };
-                let id = self.target.borrow().container_id.as_deref().map(Arc::from);
-                (cursor, id, first)
-            }
+        let stored = self.start.as_ref().map(|p| p.cursor);
+        let (cursor, first) = request::first_read(stored, config.start_from, Timestamp::now());
+        // A stored position belongs to the instance it names (possibly an older one: the first
+        // stream then notices the restart and reads the previous instance's remainder first).
+        let container_id = match &self.start {
+            Some(p) => p.container_id.clone(),
+            None => self.target.borrow().container_id.as_deref().map(Arc::from),
         };
         let mut tail = Tail {
             cursor: ReadCursor::new(cursor),
-            acks: AckTracker::new(self.start.clone()),
+            acks: self.acks.clone(),
             container_id,
             restarted_to: None,
-            ack_tx,
-            ack_rx,
             backoff: Backoff::new(config.min_backoff, config.max_backoff),
             seq: 0,
             drain_deadline: None,
@@ -314,7 +306,9 @@ impl Tail {
                     }
                     _ => {
                         let delay = self.backoff.next_delay();
-                        tracing::warn!(target = %self.args.id, "{message}; retrying in {delay:.1?}");
+                        if let Some(suppressed) = crate::logging::ERRORS.check("stream_failed") {
+                            tracing::warn!(target = %self.args.id, suppressed, "{message}; retrying in {delay:.1?}");
+                        }
                         Step::Sleep(delay, TargetState::Backoff)
                     }
                 }
@@ -345,7 +339,9 @@ impl Tail {
             Ok(pod) => pod.filter(|p| p.metadata.uid.as_deref() == Some(&self.args.id.uid)),
             Err(e) => {
                 let delay = self.backoff.next_delay();
-                tracing::warn!(target = %self.args.id, "cannot fetch the pod: {e}; retrying in {delay:.1?}");
+                if let Some(suppressed) = crate::logging::ERRORS.check("pod_fetch_failed") {
+                    tracing::warn!(target = %self.args.id, suppressed, "cannot fetch the pod: {e}; retrying in {delay:.1?}");
+                }
                 metrics::stream_error("pod");
                 return Step::Sleep(delay, TargetState::Backoff);
             }
@@ -391,7 +387,6 @@ impl Tail {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return Step::Decide,
-                Some(seq) = self.ack_rx.recv() => self.ack(seq),
                 changed = self.args.drain.changed() => {
                     if changed.is_err() {
                         // The actor is gone.
@@ -524,7 +519,6 @@ impl Tail {
             };
             tokio::select! {
                 biased;
-                Some(seq) = self.ack_rx.recv() => self.ack(seq),
                 changed = self.args.drain.changed(), if !*self.args.drain.borrow() => {
                     if changed.is_err() {
                         // The actor is gone (it aborts us when stopping): end here.
@@ -599,7 +593,6 @@ impl Tail {
     /// Sends the pending chunk (awaiting the forwarder: back-pressure). False when the
     /// forwarder is gone.
     async fn flush(&mut self) -> bool {
-        self.drain_acks();
         let position = Position {
             container_id: self.container_id.clone(),
             cursor: self.cursor.position(),
@@ -607,7 +600,6 @@ impl Tail {
         if self.pending.entries.is_empty() {
             if std::mem::take(&mut self.pending.dropped) {
                 self.acks.moved(position);
-                self.publish_acks();
             }
             return true;
         }
@@ -623,11 +615,10 @@ impl Tail {
             pending.entries,
             self.seq,
             pending.read_at,
-            Some(self.ack_tx.clone()),
+            Some(self.acks.clone() as AckSender),
         );
-        self.acks.sent(self.seq, position.clone());
+        self.acks.sent(self.seq, position.clone(), pending.read_at);
         metrics::lines_read(lines, bytes);
-        let in_flight = self.acks.in_flight();
         self.args.status.update(|s| {
             s.lines += lines;
             s.bytes += bytes;
@@ -636,34 +627,8 @@ impl Tail {
             s.cursor_since = Timestamp::from_second(position.cursor.since).ok();
             s.cursor_skip = position.cursor.skip;
             s.container_id = position.container_id.as_deref().map(str::to_string);
-            s.chunks_in_flight = in_flight;
         });
         self.args.forwarder.send(Forward(chunk)).await.is_ok()
-    }
-
-    fn ack(&mut self, seq: u64) {
-        if self.acks.ack(seq) {
-            self.publish_acks();
-        }
-    }
-
-    fn drain_acks(&mut self) {
-        let mut advanced = false;
-        while let Ok(seq) = self.ack_rx.try_recv() {
-            advanced |= self.acks.ack(seq);
-        }
-        if advanced {
-            self.publish_acks();
-        }
-    }
-
-    fn publish_acks(&self) {
-        let acknowledged = self.acks.acknowledged().cloned();
-        let in_flight = self.acks.in_flight();
-        self.args.status.update(|s| {
-            s.acknowledged = acknowledged;
-            s.chunks_in_flight = in_flight;
-        });
     }
 
     /// Notices a drain request: from now on, at most `terminated_grace` more.

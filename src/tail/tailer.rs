@@ -13,10 +13,13 @@ use actix::prelude::*;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
+use super::acks::TargetAcks;
+use super::cursor::Position;
 use super::status::{TailerStatus, TargetState};
 use super::stream::ReadLoop;
 use crate::config::model::TailConfig;
 use crate::forward::Forward;
+use crate::positions::PositionsHandle;
 use crate::target::{Target, TargetId};
 
 /// Everything a tailer needs.
@@ -27,6 +30,10 @@ pub struct TailerArgs {
     pub config: Arc<TailConfig>,
     pub status: Arc<TailerStatus>,
     pub registry: Recipient<TailerFinished>,
+    /// The stored position to resume from; `None` starts per `tail.start_from`.
+    pub start: Option<Position>,
+    /// Where acknowledged positions are recorded; `None` keeps them in the status only.
+    pub positions: Option<PositionsHandle>,
 }
 
 /// Same identity, new labels / tenant / container ID: applied to the next chunk, no reconnect.
@@ -72,6 +79,12 @@ impl Tailer {
         let id = Arc::new(args.target.id.clone());
         let (target_tx, target_rx) = watch::channel(args.target);
         let (drain_tx, drain_rx) = watch::channel(false);
+        let acks = TargetAcks::new(
+            (*id).clone(),
+            args.start.clone(),
+            args.positions,
+            args.status.clone(),
+        );
         let read_loop = ReadLoop {
             id: id.clone(),
             target: target_rx,
@@ -80,7 +93,8 @@ impl Tailer {
             forwarder: args.forwarder,
             config: args.config,
             status: args.status.clone(),
-            start: None,
+            start: args.start,
+            acks,
         };
         Actor::start(Tailer {
             id,
@@ -271,6 +285,8 @@ mod tests {
                 config: Arc::new(config),
                 status: status.clone(),
                 registry: registry.recipient(),
+                start: None,
+                positions: None,
             });
             Harness {
                 id,

@@ -1,8 +1,11 @@
 //! Integration tests: the relay against the simulator over real sockets (one test binary, see
 //! STYLE.md). Every test counts lines at the receiving end.
 
+mod browser;
 mod cli;
 mod lifecycle;
 mod pipeline;
+mod positions;
 mod receivers;
+mod server;
 mod support;

@@ -7,6 +7,44 @@ use kube_log_relay::sim::{ContainerSpec, PodSpec, RestartPolicy};
 
 use crate::support::{self, all_finished, assert_exactly_once, eventually, lines_of};
 
+mod direct;
+
+/// The sum of the samples named `name` whose labels include `labels`, in Prometheus text (0 when
+/// none). Label values in these tests hold no commas or quotes.
+pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, pairs) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let found: Vec<(&str, &str)> = pairs
+                .split(',')
+                .filter_map(|p| p.split_once('='))
+                .map(|(k, v)| (k, v.trim_matches('"')))
+                .collect();
+            (metric == name && labels.iter().all(|want| found.contains(want)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// `namespace`, `pod` and `container` from discovery, then `extra` rules.
+fn relabel(extra: &str) -> String {
+    let copy = |from: &str, to: &str| {
+        format!(
+            "\n[[relabel]]\nsource_labels = [\"__meta_kubernetes_{from}\"]\ntarget_label = \"{to}\"\n"
+        )
+    };
+    copy("namespace", "namespace")
+        + &copy("pod_name", "pod")
+        + &copy("pod_container_name", "container")
+        + extra
+}
+
 fn job(sim: &kube_log_relay::sim::Sim, name: &str, rate: f64, lines: u64) {
     sim.add_pod(
         PodSpec::new("ns", name)
@@ -109,4 +147,158 @@ async fn a_429_with_retry_after_is_retried_after_the_wait() {
         &sim.written_lines("ns", "j", "c"),
         &lines_of(&sink.entries(), "ns", "j", "c"),
     );
+}
+
+#[actix_rt::test]
+async fn targets_of_different_tenants_go_in_separate_requests_with_their_org_id() {
+    let sim = support::sim().await;
+    let sink = support::sink().await;
+    for (pod, team) in [("a", Some("team-a")), ("b", Some("team-b")), ("c", None)] {
+        let mut spec = PodSpec::new("ns", pod)
+            .restart_policy(RestartPolicy::Never)
+            .container(ContainerSpec::new("c").rate(200.0).total_lines(100, 0));
+        if let Some(team) = team {
+            spec = spec.label("team", team);
+        }
+        sim.add_pod(spec);
+    }
+    let rules = relabel(
+        "\n[[relabel]]\nsource_labels = [\"__meta_kubernetes_pod_label_team\"]\ntarget_label = \"__tenant_id__\"\n",
+    );
+    let config = support::base_config(&sim)
+        + &rules
+        + &support::loki_table("tenants", &sink, "tenant_id = \"fallback\"");
+    let relay = support::relay(&config).await;
+    all_finished(&relay, 3).await;
+    eventually("every line arrives", || sink.entries().len() >= 300).await;
+    relay.shutdown().await;
+
+    let entries = sink.entries();
+    for (pod, tenant) in [("a", "team-a"), ("b", "team-b"), ("c", "fallback")] {
+        assert_exactly_once(
+            pod,
+            &sim.written_lines("ns", pod, "c"),
+            &lines_of(&entries, "ns", pod, "c"),
+        );
+        // Every line of the pod came in a request with the pod's X-Scope-OrgID; `__tenant_id__`
+        // itself is not a label Loki sees.
+        for e in entries.iter().filter(|e| e.labels["pod"] == pod) {
+            assert_eq!(e.tenant.as_deref(), Some(tenant), "{pod}");
+            assert!(!e.labels.contains_key("__tenant_id__"));
+        }
+    }
+    let requests = sink.requests();
+    let tenants: std::collections::BTreeSet<_> =
+        requests.iter().filter_map(|r| r.tenant.clone()).collect();
+    assert_eq!(
+        tenants,
+        ["fallback", "team-a", "team-b"].map(String::from).into()
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.status == 204 && r.tenant.is_some())
+    );
+}
+
+#[actix_rt::test]
+async fn targets_whose_labels_loki_would_refuse_are_not_sent_and_are_counted() {
+    let sim = support::sim().await;
+    let sink = support::sink().await;
+    // 13 pod labels + namespace, pod, container = 16 names, one over max_label_names.
+    let mut wide = PodSpec::new("ns", "wide").restart_policy(RestartPolicy::Never);
+    for i in 1..=13 {
+        wide = wide.label(format!("l{i:02}"), "v");
+    }
+    sim.add_pod(wide.container(ContainerSpec::new("c").rate(200.0).total_lines(60, 0)));
+    for (pod, label) in [("narrow", "tier"), ("digit", "9lives")] {
+        sim.add_pod(
+            PodSpec::new("ns", pod)
+                .restart_policy(RestartPolicy::Never)
+                .label(label, "x")
+                .container(ContainerSpec::new("c").rate(200.0).total_lines(40, 0)),
+        );
+    }
+    // Pod labels become labels; `9lives` is a valid Kubernetes label but not a valid Loki name.
+    let rules = relabel(
+        r#"
+[[relabel]]
+action = "labelmap"
+regex = "__meta_kubernetes_pod_label_(l[0-9]+|tier)"
+
+[[relabel]]
+action = "labelmap"
+regex = "__meta_kubernetes_pod_label_(9lives)"
+"#,
+    );
+    let config = support::base_config(&sim) + &rules + &support::loki_table("limits", &sink, "");
+    let relay = support::relay(&config).await;
+    support::eventually_async(
+        "both valid targets finish, the third is rejected",
+        || async {
+            let targets = support::targets(&relay).await;
+            let states: Vec<&str> = targets.iter().map(|t| t.state.as_str()).collect();
+            states.len() == 3
+                && states.iter().filter(|s| **s == "finished").count() == 2
+                && states.contains(&"rejected")
+        },
+    )
+    .await;
+    let written = sim.written_lines("ns", "narrow", "c");
+    eventually("the valid target's lines arrive", || {
+        lines_of(&sink.entries(), "ns", "narrow", "c").len() >= written.len()
+    })
+    .await;
+
+    // The invalid name is refused at discovery, visibly, naming the label: nothing is read.
+    let targets = support::targets(&relay).await;
+    let digit = targets
+        .iter()
+        .find(|t| {
+            t.discovered_labels
+                .get("__meta_kubernetes_pod_name")
+                .map(String::as_str)
+                == Some("digit")
+        })
+        .expect("the digit target is listed");
+    assert_eq!(digit.state, "rejected");
+    assert!(
+        digit
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("\"9lives\"")),
+        "{:?}",
+        digit.reason
+    );
+
+    // 16 names reach the receiver, which drops and counts them instead of sending a request
+    // Loki would refuse whole.
+    let dropped = [("receiver", "limits"), ("reason", "invalid_labels")];
+    let wide_lines = sim.written_lines("ns", "wide", "c").len() as f64;
+    support::eventually_async("every line of the wide target is counted", || async {
+        let (_, metrics) = support::http_get(relay.http_addr(), "/metrics").await;
+        sample(&metrics, "loki_write_dropped_entries_total", &dropped) >= wide_lines
+    })
+    .await;
+    let (code, metrics) = support::http_get(relay.http_addr(), "/metrics").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        sample(&metrics, "loki_write_dropped_entries_total", &dropped),
+        wide_lines,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "loki_write_sent_entries_total",
+            &[("receiver", "limits")]
+        ),
+        written.len() as f64
+    );
+    relay.shutdown().await;
+    let entries = sink.entries();
+    assert!(lines_of(&entries, "ns", "wide", "c").is_empty());
+    assert!(lines_of(&entries, "ns", "digit", "c").is_empty());
+    assert_exactly_once("narrow", &written, &lines_of(&entries, "ns", "narrow", "c"));
+    assert!(sink.requests().iter().all(|r| r.status == 204));
 }

@@ -193,3 +193,102 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// A relay running as a child process (`kube-log-relay run --config FILE`), for the tests that
+/// stop, restart and kill it. Its logs go to `relay-N.log` beside the configuration and are
+/// printed when a check fails; a process still running when this is dropped is killed.
+pub struct RelayProcess {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl RelayProcess {
+    /// Writes `text` to `dir/relay.toml` (once) and starts the relay binary on it; `n` numbers
+    /// the log file.
+    pub fn start(dir: &std::path::Path, text: &str, n: usize) -> RelayProcess {
+        let config = dir.join("relay.toml");
+        std::fs::write(&config, text).expect("write the relay configuration");
+        let log = dir.join(format!("relay-{n}.log"));
+        let out = std::fs::File::create(&log).expect("create the relay log");
+        let err = out.try_clone().expect("clone the relay log handle");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_kube-log-relay"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info,kube_client=warn,kube_runtime=warn")
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start the relay binary");
+        RelayProcess { child, log }
+    }
+
+    /// The relay's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails the test, showing the log, when the relay already exited (a bad configuration,
+    /// a failed start); returns true otherwise, to use inside [`eventually`].
+    pub fn alive(&mut self) -> bool {
+        if let Some(status) = self.child.try_wait().expect("poll the relay process") {
+            panic!("the relay exited with {status}; its log:\n{}", self.log());
+        }
+        true
+    }
+
+    /// Sends `signal` (`"TERM"`, `"KILL"`, …) with `kill(1)`.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(
+            status.success(),
+            "kill -{signal} {} failed",
+            self.child.id()
+        );
+    }
+
+    /// Waits (polling, at most [`DEADLINE`]) until the process exits; returns its status.
+    pub async fn wait(&mut self) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the relay process") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the relay did not exit within {DEADLINE:?}; its log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, then asserts a clean exit (status 0) within [`DEADLINE`].
+    pub async fn terminate(mut self) {
+        self.signal("TERM");
+        let status = self.wait().await;
+        assert!(
+            status.success(),
+            "after SIGTERM the relay exited with {status}; its log:\n{}",
+            self.log()
+        );
+    }
+
+    /// SIGKILL: no shutdown, no final write of positions (a crash).
+    pub async fn kill(mut self) {
+        self.signal("KILL");
+        self.wait().await;
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Positions: where each target is, *acknowledged* (SPEC §4.4).
+//!
+//! A target's position moves past a line only when every receiver finished with it. Tailers
+//! register a [`TargetAcks`](crate::tail::acks::TargetAcks) here and it writes each new
+//! acknowledged position into the shared [`PositionsTable`], directly from the receiver that
+//! finished the chunk last — so acknowledgements keep landing while the tailers are already
+//! stopped and the receivers flush at shutdown. A sync task ([`sync`]) writes the table through
+//! the backend ([`file`]) every `sync_period` and once more at shutdown.
+//!
+//! Vanished targets are forgotten after `gc_after` ([`PositionsTable::gc`]): the registry reports
+//! which targets exist after every discovery set. A target absent from a report ages from that
+//! moment; one already absent from the first report after loading vanished while no relay ran,
+//! and ages from its last update (the last sign of life anyone saw) — so the positions of pods
+//! deleted while the relay was down go as soon as that date is `gc_after` old.
+
+pub mod file;
+pub mod sync;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+
+use crate::tail::acks::TargetAcks;
+use crate::tail::cursor::Position;
+use crate::target::TargetId;
+
+/// One stored position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub position: Position,
+    /// When the position last moved.
+    pub updated: Timestamp,
+}
+
+/// The positions of every target, shared by tailers (writers) and the sync task (reader).
+#[derive(Debug, Default)]
+pub struct PositionsTable {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: BTreeMap<TargetId, Entry>,
+    /// Changed since the last write.
+    dirty: bool,
+    /// The acknowledgement trackers of running tailers, for the lag metric.
+    live: BTreeMap<TargetId, Weak<TargetAcks>>,
+    /// The registry reported the present targets at least once since loading.
+    reported: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    stored: Stored,
+    /// Since when the target is absent from discovery (None: present, or not known yet).
+    vanished_since: Option<Timestamp>,
+}
+
+/// A shared handle on the table.
+pub type PositionsHandle = Arc<PositionsTable>;
+
+impl PositionsTable {
+    /// A table holding `loaded` (from the backend), nothing dirty.
+    pub fn new(loaded: BTreeMap<TargetId, Stored>) -> PositionsTable {
+        let entries = loaded
+            .into_iter()
+            .map(|(id, stored)| {
+                (
+                    id,
+                    Entry {
+                        stored,
+                        vanished_since: None,
+                    },
+                )
+            })
+            .collect();
+        PositionsTable {
+            inner: Mutex::new(Inner {
+                entries,
+                ..Inner::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The stored position of a target, if any.
+    pub fn get(&self, id: &TargetId) -> Option<Position> {
+        self.lock()
+            .entries
+            .get(id)
+            .map(|e| e.stored.position.clone())
+    }
+
+    /// Records a newly acknowledged position.
+    pub fn update(&self, id: &TargetId, position: Position) {
+        let mut inner = self.lock();
+        let stored = Stored {
+            position,
+            updated: Timestamp::now(),
+        };
+        match inner.entries.get_mut(id) {
+            Some(e) if e.stored.position == stored.position => return,
+            Some(e) => e.stored = stored,
+            None => {
+                inner.entries.insert(
+                    id.clone(),
+                    Entry {
+                        stored,
+                        vanished_since: None,
+                    },
+                );
+            }
+        }
+        inner.dirty = true;
+    }
+
+    /// Registers a running tailer's acknowledgement tracker (for the lag metric).
+    pub fn register(&self, id: &TargetId, acks: &Arc<TargetAcks>) {
+        let mut inner = self.lock();
+        inner.live.retain(|_, w| w.strong_count() > 0);
+        inner.live.insert(id.clone(), Arc::downgrade(acks));
+    }
+
+    /// Age of the oldest line read and not yet acknowledged, over every running tailer.
+    pub fn lag(&self, now: Instant) -> Duration {
+        let trackers: Vec<Arc<TargetAcks>> = self
+            .lock()
+            .live
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        trackers
+            .iter()
+            .filter_map(|t| t.oldest_unacknowledged())
+            .map(|at| now.saturating_duration_since(at))
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// The discovery's current targets at `now`: absent ones start to age, present ones stop.
+    pub fn present(&self, ids: &BTreeSet<&TargetId>, now: Timestamp) {
+        let mut inner = self.lock();
+        let first = !std::mem::replace(&mut inner.reported, true);
+        for (id, e) in inner.entries.iter_mut() {
+            if ids.contains(id) {
+                e.vanished_since = None;
+            } else if e.vanished_since.is_none() {
+                // Absent at the first report: it vanished while no relay ran, after its last
+                // update at the earliest. Absent later: it vanished just now.
+                e.vanished_since = Some(if first { e.stored.updated } else { now });
+            }
+        }
+    }
+
+    /// Removes positions of targets absent for longer than `gc_after`; returns how many.
+    pub fn gc(&self, now: Timestamp, gc_after: Duration) -> usize {
+        let mut inner = self.lock();
+        let before = inner.entries.len();
+        let gc_after =
+            jiff::SignedDuration::try_from(gc_after).unwrap_or(jiff::SignedDuration::MAX);
+        inner.entries.retain(|_, e| match e.vanished_since {
+            Some(since) => now.duration_since(since) < gc_after,
+            None => true,
+        });
+        let removed = before - inner.entries.len();
+        if removed > 0 {
+            inner.dirty = true;
+        }
+        removed
+    }
+
+    /// A copy of every entry when something changed since the last call, for writing.
+    pub fn take_dirty(&self) -> Option<BTreeMap<TargetId, Stored>> {
+        let mut inner = self.lock();
+        if !std::mem::take(&mut inner.dirty) {
+            return None;
+        }
+        Some(
+            inner
+                .entries
+                .iter()
+                .map(|(id, e)| (id.clone(), e.stored.clone()))
+                .collect(),
+        )
+    }
+
+    /// Marks the table dirty again after a failed write, so the next sync retries.
+    pub fn mark_dirty(&self) {
+        self.lock().dirty = true;
+    }
+
+    /// Number of stored positions.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// True when no position is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tail::cursor::Cursor;
+
+    fn id(pod: &str) -> TargetId {
+        TargetId {
+            namespace: "ns".into(),
+            pod: pod.into(),
+            container: "c".into(),
+            uid: format!("u-{pod}"),
+        }
+    }
+
+    fn pos(since: i64, skip: u64) -> Position {
+        Position {
+            container_id: Some("containerd://a".into()),
+            cursor: Cursor { since, skip },
+        }
+    }
+
+    fn stored(since: i64, updated: Timestamp) -> Stored {
+        Stored {
+            position: pos(since, 0),
+            updated,
+        }
+    }
+
+    #[test]
+    fn updates_mark_dirty_once_and_equal_updates_do_not() {
+        let t = PositionsTable::default();
+        t.update(&id("a"), pos(10, 2));
+        assert_eq!(t.take_dirty().map(|m| m.len()), Some(1));
+        assert_eq!(t.take_dirty(), None);
+        t.update(&id("a"), pos(10, 2));
+        assert_eq!(t.take_dirty(), None, "same position again is not a change");
+        t.update(&id("a"), pos(10, 3));
+        assert_eq!(t.take_dirty().unwrap()[&id("a")].position, pos(10, 3));
+        assert_eq!(t.get(&id("a")), Some(pos(10, 3)));
+    }
+
+    #[test]
+    fn gc_removes_targets_absent_longer_than_gc_after() {
+        let now = Timestamp::now();
+        let hour = Duration::from_secs(3600);
+        let loaded = BTreeMap::from([
+            // Vanished while the relay was down, two hours ago: goes at the first GC.
+            (
+                id("old"),
+                stored(1, now - jiff::SignedDuration::from_hours(2)),
+            ),
+            // Updated a minute ago, absent now: stays until it is an hour old.
+            (
+                id("recent"),
+                stored(2, now - jiff::SignedDuration::from_mins(1)),
+            ),
+            // Present: stays whatever its age.
+            (
+                id("alive"),
+                stored(3, now - jiff::SignedDuration::from_hours(5)),
+            ),
+        ]);
+        let t = PositionsTable::new(loaded);
+        let alive = id("alive");
+        t.present(&BTreeSet::from([&alive]), now);
+        assert_eq!(t.gc(now, hour), 1);
+        assert!(t.get(&id("old")).is_none());
+        assert!(t.get(&id("recent")).is_some());
+        assert!(t.take_dirty().is_some(), "a removal is written");
+        assert_eq!(t.gc(now + jiff::SignedDuration::from_mins(30), hour), 0);
+        assert_eq!(t.gc(now + jiff::SignedDuration::from_mins(60), hour), 1);
+        assert!(t.get(&id("alive")).is_some());
+
+        // A running target idle for hours that vanishes ages from the moment it vanished, not
+        // from its last update.
+        let later = now + jiff::SignedDuration::from_mins(90);
+        t.present(&BTreeSet::new(), later);
+        assert_eq!(t.gc(later + jiff::SignedDuration::from_mins(59), hour), 0);
+        // A target that comes back stops aging.
+        t.present(
+            &BTreeSet::from([&alive]),
+            later + jiff::SignedDuration::from_mins(59),
+        );
+        assert_eq!(t.gc(later + jiff::SignedDuration::from_hours(10), hour), 0);
+        // Gone for good: forgotten gc_after after it vanished.
+        let gone = later + jiff::SignedDuration::from_hours(11);
+        t.present(&BTreeSet::new(), gone);
+        assert_eq!(t.gc(gone + jiff::SignedDuration::from_mins(59), hour), 0);
+        assert_eq!(t.gc(gone + jiff::SignedDuration::from_mins(60), hour), 1);
+        assert!(t.is_empty());
+    }
+}
