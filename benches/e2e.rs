@@ -254,7 +254,7 @@ impl Relay {
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
         let text = String::from_utf8_lossy(&buf).to_string();
-        text.starts_with("HTTP/1.1 200").then(|| text)
+        text.starts_with("HTTP/1.1 200").then_some(text)
     }
 
     async fn wait_ready(&self) {

@@ -134,7 +134,14 @@ mod tests {
             timestamp: Timestamp::UNIX_EPOCH,
             line: Bytes::from_static(b"abc"),
         };
-        Chunk::new(id, stream, vec![e.clone(), e], 7, Instant::now(), Some(Arc::new(ack)))
+        Chunk::new(
+            id,
+            stream,
+            vec![e.clone(), e],
+            7,
+            Instant::now(),
+            Some(Arc::new(ack)),
+        )
     }
 
     #[test]

@@ -59,7 +59,9 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
     for (name, cfg) in &new.loki {
         match old.loki.get(name) {
             None => plan.receivers.push(ReceiverChange::Added(name.clone())),
-            Some(old_cfg) if old_cfg != cfg => plan.receivers.push(ReceiverChange::Changed(name.clone())),
+            Some(old_cfg) if old_cfg != cfg => {
+                plan.receivers.push(ReceiverChange::Changed(name.clone()))
+            }
             Some(_) => {}
         }
     }
@@ -152,8 +154,14 @@ url = "http://127.0.0.1:3101/loki/api/v1/push"
         let p = plan(&parse(BASE), &parse(&relabel));
         assert!(p.targets && !p.kubernetes && !p.discovery);
 
-        let regex = relabel.replace("target_label = \"team\"", "target_label = \"team\"\nregex = \"(a.*)\"");
-        assert!(plan(&parse(&relabel), &parse(&regex)).targets, "a regex change is a change");
+        let regex = relabel.replace(
+            "target_label = \"team\"",
+            "target_label = \"team\"\nregex = \"(a.*)\"",
+        );
+        assert!(
+            plan(&parse(&relabel), &parse(&regex)).targets,
+            "a regex change is a change"
+        );
 
         let kube = BASE.replace("127.0.0.1:6443", "127.0.0.1:6444");
         assert!(plan(&parse(BASE), &parse(&kube)).kubernetes);
@@ -165,6 +173,9 @@ url = "http://127.0.0.1:3101/loki/api/v1/push"
         assert!(plan(&parse(BASE), &parse(&tail)).tail);
 
         let server = format!("{BASE}\n[server]\nlisten = \"127.0.0.1:9999\"\n");
-        assert_eq!(plan(&parse(BASE), &parse(&server)).needs_restart, vec!["server"]);
+        assert_eq!(
+            plan(&parse(BASE), &parse(&server)).needs_restart,
+            vec!["server"]
+        );
     }
 }
