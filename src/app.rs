@@ -1,24 +1,32 @@
-//! Wiring: builds the actor system from a validated configuration and tears it down in order.
+//! Wiring: builds the actor system from a validated configuration, reloads it, and tears it
+//! down in order.
 //!
 //! Start order follows the data flow backwards (receivers → forwarder → registry → discovery) so
 //! nothing is sent to an actor that does not exist yet; shutdown follows it forwards: discovery
 //! stops, tailers stop reading, receivers flush within `[shutdown] timeout` (SPEC §2, §3).
+//!
+//! Reload (SPEC §8.1) goes through the [`Controller`] actor, which serialises reloads from SIGHUP
+//! and `POST /-/reload`: it reads and validates the file, compares it with the configuration in
+//! force ([`crate::reload::plan`]) and applies only the difference — see that module's table.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
 use tokio::sync::watch;
 
-use crate::config::Config;
-use crate::discovery::{self, Discovery, DiscoveryArgs};
-use crate::forward::{Forwarder, Shutdown};
+use crate::config::{Config, ConfigErrors};
+use crate::discovery::{self, Discovery, DiscoveryArgs, Reconfigure, Restart};
+use crate::forward::{Forwarder, SetReceivers, Shutdown};
 use crate::kube::KubeClientError;
 use crate::positions::PositionsTable;
 use crate::positions::sync::{self, Backend, PositionsError};
 use crate::receiver::{self, ReceiverError, ReceiverHandle};
-use crate::registry::{Registry, RegistryArgs, StopAll};
+use crate::registry::{Registry, RegistryArgs, SetClient, SetTailConfig, StopAll};
+use crate::reload::{self, ReceiverChange, STDOUT};
 use crate::server::{self, ServerError, ServerState, metrics};
 
 /// Why the relay could not start.
@@ -36,6 +44,8 @@ pub enum StartError {
 
 /// A running relay.
 pub struct Relay {
+    controller: Addr<Controller>,
+    live: server::Live,
     discovery: Addr<Discovery>,
     registry: Addr<Registry>,
     forwarder: Addr<Forwarder>,
@@ -48,8 +58,14 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Starts every actor and the HTTP server; must run inside an actix `System`.
+    /// Starts every actor and the HTTP server; must run inside an actix `System`. Without a
+    /// configuration file, reloads are refused.
     pub async fn start(config: Config) -> Result<Relay, StartError> {
+        Relay::start_with(config, None).await
+    }
+
+    /// Like [`Relay::start`], remembering the file the configuration came from for reloads.
+    pub async fn start_with(config: Config, path: Option<PathBuf>) -> Result<Relay, StartError> {
         let config = Arc::new(config);
         let metrics = metrics::install();
         let listener = server::bind(&config.server.listen).await?;
@@ -77,13 +93,23 @@ impl Relay {
             positions: positions.clone(),
         })
         .start();
-        let discovery = discovery::start(DiscoveryArgs {
-            client: Some(client),
-            config: config.discovery.clone(),
-            rules: Arc::new(config.relabel.clone()),
-            statics: config.targets.clone(),
-            registry: registry.clone().recipient(),
-        });
+        let discovery = discovery::start(discovery_args(&config, &client, &registry));
+        let live = server::Live::new(config.clone(), receivers.clone());
+        let controller = Controller {
+            path,
+            config: config.clone(),
+            client,
+            receivers: receivers
+                .into_iter()
+                .map(|r| (r.name().to_string(), r))
+                .collect(),
+            discovery: discovery.clone(),
+            registry: registry.clone(),
+            forwarder: forwarder.clone(),
+            live: live.clone(),
+        }
+        .start();
+        metrics::config_loaded(true);
         let http = server::spawn(
             listener,
             ServerState {
@@ -91,11 +117,14 @@ impl Relay {
                 forwarder: forwarder.clone(),
                 discovery: discovery.clone(),
                 metrics,
-                live: server::Live::new(config.clone(), receivers),
+                live: live.clone(),
+                reload: Some(controller.clone().recipient()),
             },
         );
         tracing::info!(listen = %http, receivers = config.loki.len() + usize::from(config.stdout.is_some()), "relay started");
         Ok(Relay {
+            controller,
+            live,
             discovery,
             registry,
             forwarder,
@@ -122,10 +151,24 @@ impl Relay {
         &self.registry
     }
 
+    /// Reloads the configuration file the relay started from (what SIGHUP does).
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        self.controller
+            .send(Reload)
+            .await
+            .unwrap_or_else(|_| Err(ReloadError::Apply("the relay is shutting down".into())))
+    }
+
     /// Stops reading, flushes every receiver within `[shutdown] timeout`, and returns.
     pub async fn shutdown(self) {
-        let deadline = Instant::now() + self.config.shutdown.timeout;
-        tracing::info!(timeout = ?self.config.shutdown.timeout, "shutting down: stopping tailers, flushing receivers");
+        // The timeout in force: a reload may have changed it.
+        let timeout = self.live.current().config.shutdown.timeout;
+        let deadline = Instant::now() + timeout;
+        let _ = &self.config;
+        tracing::info!(
+            ?timeout,
+            "shutting down: stopping tailers, flushing receivers"
+        );
         self.discovery.do_send(discovery::StopDiscovery);
         let _ = self.registry.send(StopAll).await;
         let _ = self.forwarder.send(Shutdown { deadline }).await;
@@ -135,6 +178,20 @@ impl Relay {
             tracing::error!(error = %e, "the positions sync task failed");
         }
         tracing::info!("shutdown complete");
+    }
+}
+
+fn discovery_args(
+    config: &Config,
+    client: &kube::Client,
+    registry: &Addr<Registry>,
+) -> DiscoveryArgs {
+    DiscoveryArgs {
+        client: Some(client.clone()),
+        config: config.discovery.clone(),
+        rules: Arc::new(config.relabel.clone()),
+        statics: config.targets.clone(),
+        registry: registry.clone().recipient(),
     }
 }
 
@@ -149,11 +206,24 @@ fn start_receivers(config: &Config) -> Result<Vec<ReceiverHandle>, ReceiverError
     Ok(receivers)
 }
 
-/// Runs the relay until SIGTERM or SIGINT, then shuts down gracefully; a second signal exits at
-/// once.
-pub async fn run_until_signal(config: Config) -> Result<(), StartError> {
-    let relay = Relay::start(config).await?;
-    wait_for_signal().await;
+/// Runs the relay until SIGTERM or SIGINT, reloading `path` on SIGHUP, then shuts down
+/// gracefully; a second signal exits at once.
+pub async fn run_until_signal(config: Config, path: PathBuf) -> Result<(), StartError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let relay = Relay::start_with(config, Some(path)).await?;
+    let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading the configuration");
+                // The outcome is logged by the controller.
+                let _ = relay.reload().await;
+            }
+        }
+    }
     tokio::spawn(async {
         wait_for_signal().await;
         tracing::warn!("second signal: exiting now");
@@ -171,4 +241,216 @@ async fn wait_for_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
+}
+
+/// Reload the configuration file (SIGHUP, `POST /-/reload`).
+#[derive(Message)]
+#[rtype(result = "Result<ReloadReport, ReloadError>")]
+pub struct Reload;
+
+/// What a reload changed, one line per change, for the log and the HTTP answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport(pub Vec<String>);
+
+/// Why a reload was refused; the configuration in force stays untouched.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the relay was started without a configuration file; nothing to reload")]
+    NoFile,
+    #[error("invalid configuration, nothing changed:\n{0}")]
+    Invalid(ConfigErrors),
+    #[error("cannot apply the new configuration, nothing changed: {0}")]
+    Apply(String),
+}
+
+/// Owns what a reload replaces: the configuration in force, the client and the receivers.
+pub struct Controller {
+    path: Option<PathBuf>,
+    config: Arc<Config>,
+    client: kube::Client,
+    /// By name; `[stdout]` is named `stdout`.
+    receivers: BTreeMap<String, ReceiverHandle>,
+    discovery: Addr<Discovery>,
+    registry: Addr<Registry>,
+    forwarder: Addr<Forwarder>,
+    live: server::Live,
+}
+
+impl Actor for Controller {
+    type Context = Context<Self>;
+}
+
+/// What a successful reload puts in force.
+struct Applied {
+    config: Arc<Config>,
+    client: kube::Client,
+    receivers: BTreeMap<String, ReceiverHandle>,
+    report: ReloadReport,
+}
+
+impl Handler<Reload> for Controller {
+    type Result = AtomicResponse<Self, Result<ReloadReport, ReloadError>>;
+
+    fn handle(&mut self, _: Reload, _: &mut Context<Self>) -> Self::Result {
+        let path = self.path.clone();
+        let old = self.config.clone();
+        let client = self.client.clone();
+        let receivers = self.receivers.clone();
+        let (discovery, registry, forwarder) = (
+            self.discovery.clone(),
+            self.registry.clone(),
+            self.forwarder.clone(),
+        );
+        let work = async move {
+            let path = path.ok_or(ReloadError::NoFile)?;
+            let new = crate::config::load(&path).map_err(ReloadError::Invalid)?;
+            apply(old, new, client, receivers, discovery, registry, forwarder).await
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(
+            |result, act, _| match result {
+                Ok(applied) => {
+                    act.config = applied.config.clone();
+                    act.client = applied.client;
+                    act.receivers = applied.receivers;
+                    act.live
+                        .replace(applied.config, act.receivers.values().cloned().collect());
+                    metrics::config_loaded(true);
+                    tracing::info!(changes = ?applied.report.0, "configuration reloaded");
+                    Ok(applied.report)
+                }
+                Err(e) => {
+                    metrics::config_loaded(false);
+                    tracing::error!("reload refused, the running configuration is kept: {e}");
+                    Err(e)
+                }
+            },
+        )))
+    }
+}
+
+/// Applies the difference between `old` and `new` (see [`crate::reload`]). Everything that can
+/// fail (the client, new receivers) is built before anything running is touched.
+async fn apply(
+    old: Arc<Config>,
+    new: Config,
+    client: kube::Client,
+    mut receivers: BTreeMap<String, ReceiverHandle>,
+    discovery: Addr<Discovery>,
+    registry: Addr<Registry>,
+    forwarder: Addr<Forwarder>,
+) -> Result<Applied, ReloadError> {
+    let plan = reload::plan(&old, &new);
+    let new = Arc::new(new);
+    let mut report = Vec::new();
+    if plan.is_empty() {
+        return Ok(Applied {
+            config: new,
+            client,
+            receivers,
+            report: ReloadReport(vec!["no change".into()]),
+        });
+    }
+    let client = if plan.kubernetes {
+        crate::kube::build_client(&new.kubernetes)
+            .await
+            .map_err(|e| ReloadError::Apply(format!("kubernetes client: {e}")))?
+    } else {
+        client
+    };
+    // Build new and changed receivers first: a failure leaves everything as it was.
+    let mut started: BTreeMap<String, ReceiverHandle> = BTreeMap::new();
+    for change in &plan.receivers {
+        let (ReceiverChange::Added(name) | ReceiverChange::Changed(name)) = change else {
+            continue;
+        };
+        let built = if name == STDOUT && new.loki.get(name).is_none() {
+            new.stdout
+                .clone()
+                .map(receiver::start_stdout)
+                .ok_or_else(|| "not in the new configuration".to_string())
+        } else {
+            match new.loki.get(name) {
+                Some(cfg) => {
+                    receiver::start_loki(name.clone(), cfg.clone()).map_err(|e| e.to_string())
+                }
+                None => Err("not in the new configuration".to_string()),
+            }
+        };
+        match built {
+            Ok(handle) => {
+                started.insert(name.clone(), handle);
+            }
+            Err(e) => {
+                let deadline = Instant::now();
+                for (_, h) in started {
+                    h.shutdown(deadline).await;
+                }
+                return Err(ReloadError::Apply(format!("receiver {name}: {e}")));
+            }
+        }
+    }
+    // From here on nothing fails. Receivers: swap the set the forwarder fans out to, then let
+    // the replaced ones drain what they hold within the shutdown timeout.
+    let mut retired = Vec::new();
+    for change in &plan.receivers {
+        match change {
+            ReceiverChange::Added(name) => report.push(format!("receiver {name} added")),
+            ReceiverChange::Removed(name) => {
+                report.push(format!("receiver {name} removed (draining)"));
+                retired.extend(receivers.remove(name));
+            }
+            ReceiverChange::Changed(name) => {
+                report.push(format!(
+                    "receiver {name} rebuilt (the old one drains its queue)"
+                ));
+                retired.extend(receivers.remove(name));
+            }
+        }
+    }
+    receivers.extend(started);
+    if !plan.receivers.is_empty() {
+        let _ = forwarder
+            .send(SetReceivers(receivers.values().cloned().collect()))
+            .await;
+        let deadline = Instant::now() + new.shutdown.timeout;
+        for old in retired {
+            actix::spawn(old.shutdown(deadline));
+        }
+    }
+    if plan.kubernetes {
+        report.push("kubernetes client replaced: streams reopen from their cursors".into());
+        let _ = registry.send(SetClient(client.clone())).await;
+    }
+    if plan.tail {
+        report.push("[tail] applies to tailers started from now on".into());
+        let _ = registry
+            .send(SetTailConfig(Arc::new(new.tail.clone())))
+            .await;
+    }
+    if plan.kubernetes || plan.discovery {
+        report.push("discovery watches restarted".into());
+        discovery.do_send(Restart(discovery_args(&new, &client, &registry)));
+    } else if plan.targets {
+        report.push("relabel rules / static targets re-applied".into());
+        discovery.do_send(Reconfigure {
+            rules: Arc::new(new.relabel.clone()),
+            statics: new.targets.clone(),
+        });
+    }
+    if plan.shutdown {
+        report.push("[shutdown] applies to the next shutdown".into());
+    }
+    for section in &plan.needs_restart {
+        report.push(format!("[{section}] changed: applies after a restart"));
+        tracing::warn!(
+            section,
+            "this section changed but only applies after a restart"
+        );
+    }
+    Ok(Applied {
+        config: new,
+        client,
+        receivers,
+        report: ReloadReport(report),
+    })
 }

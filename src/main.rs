@@ -102,7 +102,7 @@ fn run(path: PathBuf) -> ExitCode {
     logging::init(&config.server.log_level, config.server.log_format);
     runtime_result(
         actix_rt::System::new()
-            .block_on(app::run_until_signal(config))
+            .block_on(app::run_until_signal(config, path))
             .map_err(anyhow::Error::from),
     )
 }

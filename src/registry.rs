@@ -17,7 +17,7 @@ use crate::forward::Forward;
 use crate::positions::PositionsHandle;
 use crate::server::metrics;
 use crate::tail::status::{TailerSnapshot, TailerStatus, TargetState};
-use crate::tail::{Drain, Stop, Tailer, TailerArgs, TailerFinished, UpdateTarget};
+use crate::tail::{Drain, Stop, Tailer, TailerArgs, TailerFinished, UpdateClient, UpdateTarget};
 use crate::target::{LabelMap, RejectedTarget, SetTargets, Target, TargetId, TargetSet};
 
 /// What changes between the known targets and a new complete set.
@@ -294,6 +294,38 @@ impl Handler<GetTargets> for Registry {
             synced: self.synced,
             targets,
         }
+    }
+}
+
+/// Reload: a new Kubernetes client. Running tailers reopen their streams with it from their
+/// cursors; new tailers use it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetClient(pub kube::Client);
+
+impl Handler<SetClient> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, SetClient(client): SetClient, _: &mut Context<Self>) {
+        for t in self.tailers.values() {
+            if let Some(addr) = &t.tailer {
+                addr.do_send(UpdateClient(client.clone()));
+            }
+        }
+        self.args.client = client;
+    }
+}
+
+/// Reload: new `[tail]` settings, for tailers started from now on (open streams are kept).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetTailConfig(pub Arc<TailConfig>);
+
+impl Handler<SetTailConfig> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, SetTailConfig(config): SetTailConfig, _: &mut Context<Self>) {
+        self.args.config = config;
     }
 }
 

@@ -74,6 +74,8 @@ pub struct Discovery {
     /// A send is scheduled within [`COALESCE`].
     flush_pending: bool,
     throttle: ErrorThrottle,
+    /// The running watch streams, cancelled by [`Restart`].
+    watches: Vec<SpawnHandle>,
 }
 
 /// The rules in force: the configured ones, or the defaults when there are none.
@@ -86,32 +88,49 @@ pub fn effective_rules(rules: Arc<Vec<RelabelRule>>) -> Arc<Vec<RelabelRule>> {
 }
 
 /// Starts the discovery actor on the current actix system.
-pub fn start(mut args: DiscoveryArgs) -> Addr<Discovery> {
-    // A namespace listed twice would be watched twice and every target rejected as a duplicate.
-    let mut seen = std::collections::BTreeSet::new();
-    args.config.namespaces.retain(|ns| seen.insert(ns.clone()));
-    let watching = args.config.enabled && args.client.is_some();
-    let scopes = match (watching, args.config.namespaces.len()) {
-        (false, _) => 0,
-        (true, 0) => 1,
-        (true, n) => n,
-    };
-    let attach = if watching {
-        args.config.attach_metadata
-    } else {
-        Default::default()
-    };
-    let state = WatchState::new(scopes, attach, effective_rules(args.rules), &args.statics);
-    Discovery {
-        client: args.client.filter(|_| watching),
-        config: args.config,
-        state,
-        registry: args.registry,
-        synced: false,
-        flush_pending: false,
-        throttle: ErrorThrottle::new(ERROR_LOG_PERIOD),
+pub fn start(args: DiscoveryArgs) -> Addr<Discovery> {
+    Discovery::new(args).start()
+}
+
+impl Discovery {
+    fn new(mut args: DiscoveryArgs) -> Discovery {
+        // A namespace listed twice would be watched twice and every target rejected as a duplicate.
+        let mut seen = std::collections::BTreeSet::new();
+        args.config.namespaces.retain(|ns| seen.insert(ns.clone()));
+        let watching = args.config.enabled && args.client.is_some();
+        let scopes = match (watching, args.config.namespaces.len()) {
+            (false, _) => 0,
+            (true, 0) => 1,
+            (true, n) => n,
+        };
+        let attach = if watching {
+            args.config.attach_metadata
+        } else {
+            Default::default()
+        };
+        let state = WatchState::new(scopes, attach, effective_rules(args.rules), &args.statics);
+        Discovery {
+            client: args.client.filter(|_| watching),
+            config: args.config,
+            state,
+            registry: args.registry,
+            synced: false,
+            flush_pending: false,
+            throttle: ErrorThrottle::new(ERROR_LOG_PERIOD),
+            watches: Vec::new(),
+        }
     }
-    .start()
+
+    /// Starts watching (or sends the static targets when pod discovery is off).
+    fn begin(&mut self, ctx: &mut Context<Self>) {
+        match self.client.clone() {
+            Some(client) => self.start_watchers(client, ctx),
+            None => {
+                tracing::info!("pod discovery off: static targets only");
+                self.send();
+            }
+        }
+    }
 }
 
 /// One item from any of the watchers.
@@ -145,7 +164,7 @@ impl Discovery {
         cfg
     }
 
-    fn start_watchers(&self, client: ::kube::Client, ctx: &mut Context<Self>) {
+    fn start_watchers(&mut self, client: ::kube::Client, ctx: &mut Context<Self>) {
         let cfg = self.watch_config();
         let apis: Vec<Api<Pod>> = if self.config.namespaces.is_empty() {
             vec![Api::all(client.clone())]
@@ -158,19 +177,22 @@ impl Discovery {
         };
         for (scope, api) in apis.into_iter().enumerate() {
             let events = watcher::watcher(api, cfg.clone()).default_backoff();
-            ctx.add_stream(events.map(move |e| Watched::Pod(scope, Box::new(e))));
+            let h = ctx.add_stream(events.map(move |e| Watched::Pod(scope, Box::new(e))));
+            self.watches.push(h);
         }
         // Metadata-only: nodes carry image lists and status we never read.
         let attach = self.config.attach_metadata;
         if attach.node {
             let api = Api::<PartialObjectMeta<Node>>::all(client.clone());
             let events = watcher::watcher(api, watcher::Config::default()).default_backoff();
-            ctx.add_stream(events.map(|e| Watched::Node(e.map(metadata_event))));
+            let h = ctx.add_stream(events.map(|e| Watched::Node(e.map(metadata_event))));
+            self.watches.push(h);
         }
         if attach.namespace {
             let api = Api::<PartialObjectMeta<Namespace>>::all(client);
             let events = watcher::watcher(api, watcher::Config::default()).default_backoff();
-            ctx.add_stream(events.map(|e| Watched::Namespace(e.map(metadata_event))));
+            let h = ctx.add_stream(events.map(|e| Watched::Namespace(e.map(metadata_event))));
+            self.watches.push(h);
         }
         tracing::info!(
             namespaces = ?self.config.namespaces,
@@ -194,7 +216,10 @@ impl Discovery {
             self.flush_pending = true;
             ctx.run_later(COALESCE, |act, _| {
                 act.flush_pending = false;
-                act.send();
+                // A restart in between resets the sync: never send a partial set.
+                if act.synced {
+                    act.send();
+                }
             });
         }
     }
@@ -235,13 +260,7 @@ impl Actor for Discovery {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        match self.client.clone() {
-            Some(client) => self.start_watchers(client, ctx),
-            None => {
-                tracing::info!("pod discovery off: static targets only");
-                self.send();
-            }
-        }
+        self.begin(ctx);
     }
 }
 
@@ -287,6 +306,26 @@ impl Handler<Reconfigure> for Discovery {
         if self.synced {
             self.send();
         }
+    }
+}
+
+/// Reload of `[kubernetes]` or `[discovery]`: replaces the watches (and client) in place. The
+/// next set is sent only once the new watches listed everything, so the registry never sees a
+/// partial set (which would drain running tailers).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Restart(pub DiscoveryArgs);
+
+impl Handler<Restart> for Discovery {
+    type Result = ();
+
+    fn handle(&mut self, Restart(args): Restart, ctx: &mut Context<Self>) {
+        for h in self.watches.drain(..) {
+            ctx.cancel_future(h);
+        }
+        *self = Discovery::new(args);
+        tracing::info!("discovery restarting its watches (reload)");
+        self.begin(ctx);
     }
 }
 

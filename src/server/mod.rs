@@ -54,6 +54,8 @@ pub struct ServerState {
     pub metrics: PrometheusHandle,
     /// The configuration and receivers in force, replaced by a reload.
     pub live: Live,
+    /// Where `POST /-/reload` goes; `None` refuses reloads.
+    pub reload: Option<actix::Recipient<crate::app::Reload>>,
 }
 
 /// The configuration in force and the receivers built from it, shared with whoever reloads.
@@ -122,6 +124,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/-/healthy", get(healthy))
         .route("/-/ready", get(ready))
+        .route("/-/reload", axum::routing::post(reload))
         .route("/api/v1/targets", get(targets))
         .route("/api/v1/receivers", get(receivers))
         .route("/api/v1/config", get(config))
@@ -209,6 +212,28 @@ async fn healthy(State(state): State<ServerState>) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("stopped: {}\n", stopped.join(", ")),
         )
+    }
+}
+
+/// `POST /-/reload`: 200 with what changed, 400 with every error of an invalid file (the
+/// running configuration is kept), 500 when the new configuration could not be applied.
+async fn reload(State(state): State<ServerState>) -> Response {
+    let Some(reload) = state.reload.clone() else {
+        return text(StatusCode::BAD_REQUEST, "reload is not available\n".into());
+    };
+    match reload.send(crate::app::Reload).await {
+        Ok(Ok(report)) => text(
+            StatusCode::OK,
+            format!("reloaded:\n{}\n", report.0.join("\n")),
+        ),
+        Ok(Err(e @ crate::app::ReloadError::Apply(_))) => {
+            text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))
+        }
+        Ok(Err(e)) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the relay is shutting down\n".into(),
+        ),
     }
 }
 

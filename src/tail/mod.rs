@@ -14,4 +14,4 @@ mod stream;
 pub mod tailer;
 pub mod termination;
 
-pub use tailer::{Drain, Stop, Tailer, TailerArgs, TailerFinished, UpdateTarget};
+pub use tailer::{Drain, Stop, Tailer, TailerArgs, TailerFinished, UpdateClient, UpdateTarget};

@@ -61,7 +61,9 @@ pub(crate) struct ReadLoop {
     pub target: watch::Receiver<Target>,
     /// Becomes true when the target vanished and the tailer must drain (SPEC §5.6).
     pub drain: watch::Receiver<bool>,
-    pub client: kube::Client,
+    /// The API client; a reload may replace it, and the open stream is then reopened with the
+    /// new one from the cursor (like a `max_stream_lifetime` rotation: nothing lost or repeated).
+    pub client: watch::Receiver<kube::Client>,
     pub forwarder: Recipient<Forward>,
     pub config: Arc<TailConfig>,
     pub status: Arc<TailerStatus>,
@@ -183,6 +185,8 @@ struct Tail {
     seq: u64,
     drain_deadline: Option<Instant>,
     pending: Pending,
+    /// A stream was opened before: later opens count as reconnects.
+    opened_once: bool,
 }
 
 impl ReadLoop {
@@ -206,6 +210,7 @@ impl ReadLoop {
             seq: 0,
             drain_deadline: None,
             pending: Pending::new(config.chunk_lines),
+            opened_once: false,
             args: self,
         };
         tail.run(first).await;
@@ -333,7 +338,8 @@ impl Tail {
         if self.drain_deadline.is_some() {
             return Step::Open(Read::Remainder);
         }
-        let api: Api<Pod> = Api::namespaced(self.args.client.clone(), &self.args.id.namespace);
+        let api: Api<Pod> =
+            Api::namespaced(self.args.client.borrow().clone(), &self.args.id.namespace);
         let pod = match api.get_opt(&self.args.id.pod).await {
             // A pod of the same name with another UID is another target.
             Ok(pod) => pod.filter(|p| p.metadata.uid.as_deref() == Some(&self.args.id.uid)),
@@ -404,7 +410,8 @@ impl Tail {
     /// Opens a stream and reads it to its end.
     async fn read_stream(&mut self, read: Read) -> End {
         let params = request::log_params(&self.args.id.container, self.cursor.reconnect(), read);
-        let api: Api<Pod> = Api::namespaced(self.args.client.clone(), &self.args.id.namespace);
+        let api: Api<Pod> =
+            Api::namespaced(self.args.client.borrow().clone(), &self.args.id.namespace);
         let open = tokio::time::timeout(OPEN_TIMEOUT, api.log_stream(&self.args.id.pod, &params));
         let reader = match open.await {
             Ok(Ok(r)) => r,
@@ -421,9 +428,14 @@ impl Tail {
         } else {
             TargetState::Running
         };
+        let first_open = !self.opened_once;
+        self.opened_once = true;
         self.args.status.update(|s| {
             s.state = state;
-            s.reconnects += 1;
+            // The first stream is an open, not a reconnect.
+            if !first_open {
+                s.reconnects += 1;
+            }
         });
         tracing::debug!(target = %self.args.id, ?read, cursor = ?self.cursor.position(), "stream opened");
 
@@ -525,6 +537,10 @@ impl Tail {
                         return Waited::DrainExpired;
                     }
                     self.poll_drain();
+                }
+                Ok(()) = self.args.client.changed() => {
+                    tracing::info!(target = %self.args.id, "the Kubernetes client changed (reload); reopening the stream from the cursor");
+                    return Waited::Rotate;
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     return if self.drain_deadline == Some(deadline) {

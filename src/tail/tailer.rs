@@ -41,6 +41,11 @@ pub struct TailerArgs {
 #[rtype(result = "()")]
 pub struct UpdateTarget(pub Target);
 
+/// A reload changed the Kubernetes client: the open stream is reopened with it from the cursor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UpdateClient(pub kube::Client);
+
 /// The target vanished (pod deleted): keep reading until the stream ends or `terminated_grace`
 /// passes, then finish (SPEC §5.6).
 #[derive(Message, Debug)]
@@ -65,6 +70,7 @@ pub struct Tailer {
     id: Arc<TargetId>,
     target: watch::Sender<Target>,
     drain: watch::Sender<bool>,
+    client: watch::Sender<kube::Client>,
     status: Arc<TailerStatus>,
     registry: Recipient<TailerFinished>,
     /// The loop's arguments until `started` spawns it.
@@ -79,6 +85,7 @@ impl Tailer {
         let id = Arc::new(args.target.id.clone());
         let (target_tx, target_rx) = watch::channel(args.target);
         let (drain_tx, drain_rx) = watch::channel(false);
+        let (client_tx, client_rx) = watch::channel(args.client);
         let acks = TargetAcks::new(
             (*id).clone(),
             args.start.clone(),
@@ -89,7 +96,7 @@ impl Tailer {
             id: id.clone(),
             target: target_rx,
             drain: drain_rx,
-            client: args.client,
+            client: client_rx,
             forwarder: args.forwarder,
             config: args.config,
             status: args.status.clone(),
@@ -100,6 +107,7 @@ impl Tailer {
             id,
             target: target_tx,
             drain: drain_tx,
+            client: client_tx,
             status: args.status,
             registry: args.registry,
             read_loop: Some(read_loop),
@@ -157,6 +165,14 @@ impl Handler<UpdateTarget> for Tailer {
         }
         // Read by the loop when it builds its next chunk.
         self.target.send_replace(msg.0);
+    }
+}
+
+impl Handler<UpdateClient> for Tailer {
+    type Result = ();
+
+    fn handle(&mut self, UpdateClient(client): UpdateClient, _: &mut Context<Self>) {
+        self.client.send_replace(client);
     }
 }
 

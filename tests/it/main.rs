@@ -7,5 +7,6 @@ mod lifecycle;
 mod pipeline;
 mod positions;
 mod receivers;
+mod reload;
 mod server;
 mod support;

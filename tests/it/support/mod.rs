@@ -58,6 +58,28 @@ max_backoff = "1s"
     )
 }
 
+/// Writes `text` to `path` and starts a relay from it, so that it can be reloaded.
+pub async fn relay_from_file(path: &std::path::Path, text: &str) -> Relay {
+    kube_log_relay::logging::init(
+        "info,kube_client=warn,kube_runtime=warn",
+        Default::default(),
+    );
+    std::fs::write(path, text).expect("config file written");
+    let config = config::load(path)
+        .unwrap_or_else(|e| panic!("test configuration is invalid:\n{e}\n{text}"));
+    Relay::start_with(config, Some(path.to_path_buf()))
+        .await
+        .expect("relay starts")
+}
+
+/// The value of an unlabelled metric in the relay's `/metrics`.
+pub async fn metric(relay: &Relay, name: &str) -> Option<f64> {
+    let (_, body) = http_get(relay.http_addr(), "/metrics").await;
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 /// Parses `text` with the real configuration loader and starts a relay.
 pub async fn relay(text: &str) -> Relay {
     // Shown by the test runner when a test fails.
@@ -175,9 +197,20 @@ pub async fn all_finished(relay: &Relay, n: usize) {
 
 /// A plain HTTP/1.1 GET over a real socket; returns the status code and the body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path).await
+}
+
+/// A plain HTTP/1.1 POST without a body; returns the status code and the body.
+pub async fn http_post(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "POST", path).await
+}
+
+async fn http_request(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.expect("write");
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.expect("read");
