@@ -50,7 +50,6 @@ pub struct Relay {
     registry: Addr<Registry>,
     forwarder: Addr<Forwarder>,
     http: SocketAddr,
-    config: Arc<Config>,
     positions: Arc<PositionsTable>,
     /// Stops the positions sync task, which then writes once more.
     stop_sync: watch::Sender<bool>,
@@ -129,7 +128,6 @@ impl Relay {
             registry,
             forwarder,
             http,
-            config,
             positions,
             stop_sync,
             sync_task,
@@ -164,7 +162,6 @@ impl Relay {
         // The timeout in force: a reload may have changed it.
         let timeout = self.live.current().config.shutdown.timeout;
         let deadline = Instant::now() + timeout;
-        let _ = &self.config;
         tracing::info!(
             ?timeout,
             "shutting down: stopping tailers, flushing receivers"
@@ -363,7 +360,7 @@ async fn apply(
         let (ReceiverChange::Added(name) | ReceiverChange::Changed(name)) = change else {
             continue;
         };
-        let built = if name == STDOUT && new.loki.get(name).is_none() {
+        let built = if name == STDOUT && !new.loki.contains_key(name) {
             new.stdout
                 .clone()
                 .map(receiver::start_stdout)
