@@ -260,7 +260,8 @@ mod tests {
             terminated_grace = "0s"
             chunk_lines = 64
             [positions]
-            backend = "kubernetes"
+            backend = "file"
+            path = "/var/lib/relay/positions.json"
             sync_period = "1s"
             gc_after = "24h"
             [loki.a]
@@ -295,7 +296,7 @@ mod tests {
             [shutdown]
             timeout = "1m"
             [clustering]
-            enabled = true
+            enabled = false
             identity = "relay-0"
             namespace = "logging"
             lease_duration = "30s"
@@ -358,7 +359,10 @@ mod tests {
                 chunk_lines: 64,
             }
         );
-        assert_eq!(config.positions.backend, PositionsBackend::Kubernetes);
+        assert_eq!(
+            config.positions.backend,
+            PositionsBackend::File("/var/lib/relay/positions.json".into())
+        );
         assert_eq!(config.positions.sync_period, Duration::from_secs(1));
         assert_eq!(config.positions.gc_after, Duration::from_secs(86400));
         let l = &config.loki["a"];
@@ -401,7 +405,7 @@ mod tests {
         assert_eq!(
             config.clustering,
             ClusteringConfig {
-                enabled: true,
+                enabled: false,
                 identity: Some("relay-0".into()),
                 namespace: Some("logging".into()),
                 lease_duration: Duration::from_secs(30),
@@ -771,6 +775,7 @@ mod tests {
             errors,
             [
                 "discovery.enabled: discovery is disabled and there is no [[targets]] entry: nothing would be tailed",
+                r#"positions.backend: "kubernetes" is not supported by this version yet (it comes with clustering); use backend = "file" with a persistent volume"#,
                 r#"positions.path: is only used with backend = "file" (the kubernetes backend keeps positions in ConfigMaps)"#,
             ]
         );
