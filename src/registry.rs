@@ -16,6 +16,7 @@ use crate::config::TailConfig;
 use crate::forward::Forward;
 use crate::positions::PositionsHandle;
 use crate::server::metrics;
+use crate::tail::acks::TargetAcks;
 use crate::tail::status::{TailerSnapshot, TailerStatus, TargetState};
 use crate::tail::{Drain, Stop, Tailer, TailerArgs, TailerFinished, UpdateClient, UpdateTarget};
 use crate::target::{LabelMap, RejectedTarget, SetTargets, Target, TargetId, TargetSet};
@@ -70,6 +71,8 @@ pub struct Registry {
 struct Tailed {
     target: Target,
     status: Arc<TailerStatus>,
+    /// The target's acknowledgement tracker, shared by all its tailers over time.
+    acks: Arc<TargetAcks>,
     tailer: Option<Addr<Tailer>>,
     /// Vanished from discovery; removed once its tailer finished draining.
     vanished: bool,
@@ -109,19 +112,32 @@ impl Registry {
     }
 }
 
+/// A new target's acknowledgement tracker, starting at its stored position.
+fn new_acks(args: &RegistryArgs, target: &Target, status: &Arc<TailerStatus>) -> Arc<TargetAcks> {
+    let stored = args.positions.get(&target.id);
+    if let Some(p) = &stored {
+        tracing::info!(target = %target.id, since = p.cursor.since, skip = p.cursor.skip, "resuming from the stored position");
+    }
+    TargetAcks::new(
+        target.id.clone(),
+        stored,
+        Some(args.positions.clone()),
+        status.clone(),
+    )
+}
+
+/// Starts a tailer where the target's previous one left off (after its last chunk sent), or
+/// at the stored position for a new target.
 fn spawn_tailer(
     args: &RegistryArgs,
     target: Target,
     status: Arc<TailerStatus>,
+    acks: &Arc<TargetAcks>,
     ctx: &Context<Registry>,
 ) -> Addr<Tailer> {
-    let start = args.positions.get(&target.id);
-    if let Some(p) = &start {
-        tracing::info!(target = %target.id, since = p.cursor.since, skip = p.cursor.skip, "resuming from the stored position");
-    }
     Tailer::start(TailerArgs {
-        start,
-        positions: Some(args.positions.clone()),
+        start: acks.resume_position(),
+        acks: acks.clone(),
         target,
         client: args.client.clone(),
         forwarder: args.forwarder.clone(),
@@ -165,12 +181,21 @@ impl Handler<SetTargets> for Registry {
                     continue;
                 }
             }
-            let addr = spawn_tailer(&self.args, target.clone(), status.clone(), ctx);
+            // A target known from before (its tailer finished) keeps its status and tracker.
+            let (status, acks) = match self.tailers.get(&target.id) {
+                Some(t) => (t.status.clone(), t.acks.clone()),
+                None => {
+                    let acks = new_acks(&self.args, &target, &status);
+                    (status, acks)
+                }
+            };
+            let addr = spawn_tailer(&self.args, target.clone(), status.clone(), &acks, ctx);
             self.tailers.insert(
                 target.id.clone(),
                 Tailed {
                     target,
                     status,
+                    acks,
                     tailer: Some(addr),
                     vanished: false,
                 },
@@ -201,7 +226,7 @@ impl Handler<SetTargets> for Registry {
                 // A finished tailer whose container came back (new container ID) resumes.
                 None if restarted => {
                     tracing::info!(target = %target.id, "finished container restarted, resuming");
-                    let addr = spawn_tailer(&self.args, target, t.status.clone(), ctx);
+                    let addr = spawn_tailer(&self.args, target, t.status.clone(), &t.acks, ctx);
                     t.tailer = Some(addr);
                 }
                 None => {}
@@ -226,7 +251,7 @@ impl Handler<TailerFinished> for Registry {
         } else if t.status.snapshot().state != TargetState::Finished {
             // The tailer died without deciding to finish (a panic): restart it, not the process.
             tracing::warn!(target = %msg.id, "tailer ended unexpectedly, restarting it");
-            let addr = spawn_tailer(&self.args, t.target.clone(), t.status.clone(), ctx);
+            let addr = spawn_tailer(&self.args, t.target.clone(), t.status.clone(), &t.acks, ctx);
             if let Some(t) = self.tailers.get_mut(&msg.id) {
                 t.tailer = Some(addr);
             }

@@ -68,6 +68,14 @@ impl<P: Clone> AckTracker<P> {
         advanced
     }
 
+    /// The position after the last chunk sent (acknowledged or not).
+    pub fn latest(&self) -> Option<&P> {
+        self.pending
+            .back()
+            .map(|(_, p, _)| p)
+            .or(self.acknowledged.as_ref())
+    }
+
     /// The position after everything acknowledged so far.
     pub fn acknowledged(&self) -> Option<&P> {
         self.acknowledged.as_ref()
@@ -96,6 +104,8 @@ pub struct TargetAcks {
 #[derive(Debug)]
 struct Tracked {
     tracker: AckTracker<Position>,
+    /// The last chunk sequence number handed out; continues across tailer restarts.
+    last_seq: u64,
     /// When the oldest chunk in flight was read, per pending `seq` in order.
     read_at: VecDeque<(u64, Instant)>,
 }
@@ -112,6 +122,7 @@ impl TargetAcks {
             id,
             tracker: Mutex::new(Tracked {
                 tracker: AckTracker::new(start),
+                last_seq: 0,
                 read_at: VecDeque::new(),
             }),
             positions,
@@ -125,6 +136,20 @@ impl TargetAcks {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tracked> {
         self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The sequence number of the next chunk.
+    pub fn next_seq(&self) -> u64 {
+        let mut t = self.lock();
+        t.last_seq += 1;
+        t.last_seq
+    }
+
+    /// Where a new tailer of this target resumes: after the last chunk sent (chunks still in
+    /// flight will be acknowledged here; re-reading them would repeat them), else the
+    /// acknowledged or stored position.
+    pub fn resume_position(&self) -> Option<Position> {
+        self.lock().tracker.latest().cloned()
     }
 
     /// A chunk `seq` read at `read_at` leaves with the position `after` its last line.

@@ -162,13 +162,27 @@ struct Pending {
 }
 
 impl Pending {
-    fn new(capacity: usize) -> Pending {
+    /// Empty, without room allocated: an idle tailer holds no entry buffer (SPEC §10).
+    fn new() -> Pending {
         Pending {
-            entries: Vec::with_capacity(capacity),
+            entries: Vec::new(),
             bytes: 0,
             read_at: std::time::Instant::now(),
             last_timestamp: None,
             dropped: false,
+        }
+    }
+
+    /// The chunk so far, with its entries in an exactly sized vector (a chunk waiting in a
+    /// receiver's queue holds no spare room); `self` starts over, keeping its buffer for the
+    /// next chunk (at most `chunk_lines` entries, or 1 MiB of lines).
+    fn take(&mut self) -> Pending {
+        Pending {
+            entries: self.entries.drain(..).collect(),
+            bytes: std::mem::take(&mut self.bytes),
+            read_at: self.read_at,
+            last_timestamp: self.last_timestamp.take(),
+            dropped: std::mem::take(&mut self.dropped),
         }
     }
 }
@@ -182,7 +196,6 @@ struct Tail {
     restarted_to: Option<Arc<str>>,
     acks: Arc<TargetAcks>,
     backoff: Backoff,
-    seq: u64,
     drain_deadline: Option<Instant>,
     pending: Pending,
     /// A stream was opened before: later opens count as reconnects.
@@ -207,9 +220,8 @@ impl ReadLoop {
             container_id,
             restarted_to: None,
             backoff: Backoff::new(config.min_backoff, config.max_backoff),
-            seq: 0,
             drain_deadline: None,
-            pending: Pending::new(config.chunk_lines),
+            pending: Pending::new(),
             opened_once: false,
             args: self,
         };
@@ -558,7 +570,7 @@ impl Tail {
     /// Handles one line: cursor, timestamp, long-line policy; adds it to the pending chunk.
     /// Returns whether the line was new (delivered, or dropped by policy).
     fn line(&mut self, l: line::Line, last_second: &mut Option<i64>) -> bool {
-        let parsed = line::parse_line(&l.bytes);
+        let parsed = line::parse_line(l.bytes);
         let (timestamp, second) = match parsed.timestamp {
             Some(ts) => (ts, ts.as_second()),
             None => {
@@ -619,21 +631,20 @@ impl Tail {
             }
             return true;
         }
-        let capacity = self.args.config.chunk_lines.min(4096);
-        let pending = std::mem::replace(&mut self.pending, Pending::new(capacity));
+        let pending = self.pending.take();
         let lines = pending.entries.len() as u64;
         let bytes = pending.bytes as u64;
-        self.seq += 1;
+        let seq = self.acks.next_seq();
         let stream = self.args.target.borrow().stream.clone();
         let chunk = Chunk::new(
             self.args.id.clone(),
             stream,
             pending.entries,
-            self.seq,
+            seq,
             pending.read_at,
             Some(self.acks.clone() as AckSender),
         );
-        self.acks.sent(self.seq, position.clone(), pending.read_at);
+        self.acks.sent(seq, position.clone(), pending.read_at);
         metrics::lines_read(lines, bytes);
         self.args.status.update(|s| {
             s.lines += lines;

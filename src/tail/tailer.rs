@@ -19,7 +19,6 @@ use super::status::{TailerStatus, TargetState};
 use super::stream::ReadLoop;
 use crate::config::model::TailConfig;
 use crate::forward::Forward;
-use crate::positions::PositionsHandle;
 use crate::target::{Target, TargetId};
 
 /// Everything a tailer needs.
@@ -30,10 +29,11 @@ pub struct TailerArgs {
     pub config: Arc<TailConfig>,
     pub status: Arc<TailerStatus>,
     pub registry: Recipient<TailerFinished>,
-    /// The stored position to resume from; `None` starts per `tail.start_from`.
+    /// The position to resume from; `None` starts per `tail.start_from`.
     pub start: Option<Position>,
-    /// Where acknowledged positions are recorded; `None` keeps them in the status only.
-    pub positions: Option<PositionsHandle>,
+    /// The target's acknowledgement tracker, kept by the registry across tailer restarts so
+    /// that chunk numbers continue and late acknowledgements of an earlier tailer still count.
+    pub acks: Arc<TargetAcks>,
 }
 
 /// Same identity, new labels / tenant / container ID: applied to the next chunk, no reconnect.
@@ -86,12 +86,7 @@ impl Tailer {
         let (target_tx, target_rx) = watch::channel(args.target);
         let (drain_tx, drain_rx) = watch::channel(false);
         let (client_tx, client_rx) = watch::channel(args.client);
-        let acks = TargetAcks::new(
-            (*id).clone(),
-            args.start.clone(),
-            args.positions,
-            args.status.clone(),
-        );
+        let acks = args.acks;
         let read_loop = ReadLoop {
             id: id.clone(),
             target: target_rx,
@@ -302,7 +297,7 @@ mod tests {
                 status: status.clone(),
                 registry: registry.recipient(),
                 start: None,
-                positions: None,
+                acks: TargetAcks::new(id.clone(), None, None, status.clone()),
             });
             Harness {
                 id,
