@@ -12,11 +12,14 @@
 //! Every request goes through [`Instrument`], which counts requests by verb and status and the
 //! connections in use (SPEC §8.2).
 //!
-//! Not here yet (other issues): proxies, `enable_http2` and the HTTP/2 pool, `follow_redirects`,
-//! the `qps`/`burst` limiter and `oauth2`.
+//! Every request also waits for a token of the client-side limit ([`RateLimit`]: `qps`, `burst`).
+//!
+//! Not here yet (other issues): proxies, `enable_http2` and the HTTP/2 pool, `follow_redirects`
+//! and `oauth2`.
 
 pub mod config;
 pub mod instrument;
+pub mod ratelimit;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -29,6 +32,7 @@ use http::HeaderValue;
 
 pub use config::client_config;
 pub use instrument::Instrument;
+pub use ratelimit::RateLimit;
 
 use crate::config::{Auth, KubernetesConfig};
 
@@ -98,12 +102,15 @@ pub async fn build_client(cfg: &KubernetesConfig) -> Result<::kube::Client, Kube
     let config = client_config(cfg)?;
     let builder = ClientBuilder::try_from(config).map_err(KubeClientError::Client)?;
     let instrument = Instrument::default();
+    // Outermost: a request waits for its token before anything else happens to it.
+    let limit = RateLimit::new(cfg.qps, cfg.burst);
     Ok(match FileCredential::from_auth(&cfg.auth)? {
         Some(credential) => builder
             .with_layer(&credential)
             .with_layer(&instrument)
+            .with_layer(&limit)
             .build(),
-        None => builder.with_layer(&instrument).build(),
+        None => builder.with_layer(&instrument).with_layer(&limit).build(),
     })
 }
 

@@ -863,7 +863,8 @@ mod tests {
     #[tokio::test]
     async fn fail_for_answers_the_status_until_the_window_ends() {
         let sink = LokiSink::start("127.0.0.1:0").await.expect("sink starts");
-        let window = Duration::from_millis(300);
+        // Long enough that the first push lands inside it even on a loaded machine.
+        let window = Duration::from_secs(2);
         sink.fail_for(503, window);
         let started = Instant::now();
         let body = protobuf_body(&[(r#"{a="b"}"#, &[(ts(1, 0), "line")])]);
