@@ -437,6 +437,13 @@ async fn apply(
     if plan.shutdown {
         report.push("[shutdown] applies to the next shutdown".into());
     }
+    if let Some(level) = &plan.log_level {
+        // Validated with the file; the subscriber may still refuse, which changes nothing else.
+        match crate::logging::set_level(level) {
+            Ok(()) => report.push(format!("log level set to {level:?}")),
+            Err(e) => report.push(format!("log level not changed: {e}")),
+        }
+    }
     for section in &plan.needs_restart {
         report.push(format!("[{section}] changed: applies after a restart"));
         tracing::warn!(

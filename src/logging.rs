@@ -8,7 +8,7 @@
 //! the lines held back, instead of a thousand lines.
 
 use std::fmt::{self, Write as _};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tracing::field::{Field, Visit};
@@ -20,6 +20,11 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogFormat;
 
+/// Changes the level filter of the installed subscriber (reload of `[server] log_level`).
+type SetLevel = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+static SET_LEVEL: OnceLock<SetLevel> = OnceLock::new();
+
 /// Installs the global subscriber; `level` is a `tracing` filter (`info`, `debug,kube=warn`).
 /// `RUST_LOG`, when set, wins. Calling it twice is harmless (the first one stays).
 pub fn init(level: &str, format: LogFormat) {
@@ -29,10 +34,40 @@ pub fn init(level: &str, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Logfmt => builder.event_format(Logfmt).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    // The reload handle's type depends on the formatter: keep it behind a closure.
+    match format {
+        LogFormat::Logfmt => {
+            let builder = builder.event_format(Logfmt).with_filter_reloading();
+            let handle = builder.reload_handle();
+            if builder.try_init().is_ok() {
+                let _ = SET_LEVEL.set(Box::new(move |f| {
+                    handle.reload(f).map_err(|e| e.to_string())
+                }));
+            }
+        }
+        LogFormat::Json => {
+            let builder = builder.json().flatten_event(true).with_filter_reloading();
+            let handle = builder.reload_handle();
+            if builder.try_init().is_ok() {
+                let _ = SET_LEVEL.set(Box::new(move |f| {
+                    handle.reload(f).map_err(|e| e.to_string())
+                }));
+            }
+        }
+    }
+}
+
+/// Applies a new `[server] log_level` to the running subscriber (reload). `RUST_LOG`, when set,
+/// still wins, as at start.
+pub fn set_level(level: &str) -> Result<(), String> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return Ok(());
+    }
+    let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    match SET_LEVEL.get() {
+        Some(set) => set(filter),
+        None => Ok(()),
+    }
 }
 
 /// The limiter every repeated error of the relay shares: one line per kind every 10 seconds.

@@ -12,7 +12,8 @@
 //! | `[loki.<name>]` changed            | a new receiver takes new lines; the old one drains what it had queued |
 //! | `[stdout]`                         | like a receiver                                            |
 //! | `[shutdown]`                       | applies at the next shutdown                               |
-//! | `[server]`, `[positions]`, `[clustering]` | need a restart: reported, the rest of the reload applies |
+//! | `[server] log_level`               | applies at once                                            |
+//! | `[server]` listen/log_format, `[positions]`, `[clustering]` | need a restart: reported, the rest of the reload applies |
 
 use crate::config::{Config, RelabelRule};
 
@@ -33,6 +34,8 @@ pub struct ReloadPlan {
     pub targets: bool,
     pub tail: bool,
     pub shutdown: bool,
+    /// The new `[server] log_level`, when it changed.
+    pub log_level: Option<String>,
     /// Receivers by name; `stdout` is named `stdout`.
     pub receivers: Vec<ReceiverChange>,
     /// Sections that changed but apply only after a restart.
@@ -74,7 +77,10 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         (Some(a), Some(b)) if a != b => plan.receivers.push(ReceiverChange::Changed(STDOUT.into())),
         _ => {}
     }
-    if old.server != new.server {
+    if old.server.log_level != new.server.log_level {
+        plan.log_level = Some(new.server.log_level.clone());
+    }
+    if old.server.listen != new.server.listen || old.server.log_format != new.server.log_format {
         plan.needs_restart.push("server");
     }
     if old.positions != new.positions {
@@ -177,5 +183,10 @@ url = "http://127.0.0.1:3101/loki/api/v1/push"
             plan(&parse(BASE), &parse(&server)).needs_restart,
             vec!["server"]
         );
+
+        let level = format!("{BASE}\n[server]\nlog_level = \"debug\"\n");
+        let p = plan(&parse(BASE), &parse(&level));
+        assert_eq!(p.log_level.as_deref(), Some("debug"));
+        assert!(p.needs_restart.is_empty(), "the level applies at once");
     }
 }
