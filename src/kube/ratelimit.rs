@@ -34,7 +34,12 @@ impl TokenBucket {
     /// A full bucket. A `qps` that is not a positive number means no limit.
     pub fn new(qps: f64, burst: u32, now: Instant) -> TokenBucket {
         let burst = f64::from(burst.max(1));
-        TokenBucket { qps, burst, tokens: burst, last: now }
+        TokenBucket {
+            qps,
+            burst,
+            tokens: burst,
+            last: now,
+        }
     }
 
     /// Takes one token at `now`; returns how long the caller must wait before its request may
@@ -64,11 +69,16 @@ pub struct RateLimit {
 impl RateLimit {
     /// A limit of `qps` requests per second with bursts of `burst`.
     pub fn new(qps: f64, burst: u32) -> RateLimit {
-        RateLimit { bucket: Arc::new(Mutex::new(TokenBucket::new(qps, burst, Instant::now()))) }
+        RateLimit {
+            bucket: Arc::new(Mutex::new(TokenBucket::new(qps, burst, Instant::now()))),
+        }
     }
 
     fn wait(&self) -> Duration {
-        self.bucket.lock().unwrap_or_else(|e| e.into_inner()).take(Instant::now())
+        self.bucket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(Instant::now())
     }
 }
 
@@ -76,7 +86,10 @@ impl<S> tower::Layer<S> for RateLimit {
     type Service = Limited<S>;
 
     fn layer(&self, inner: S) -> Limited<S> {
-        Limited { inner, limit: self.clone() }
+        Limited {
+            inner,
+            limit: self.clone(),
+        }
     }
 }
 
@@ -151,7 +164,8 @@ mod tests {
     async fn requests_beyond_the_burst_wait_for_their_token() {
         use tower::{Service, ServiceExt};
         // Stamps the time the request is actually polled (sent), not when it was called.
-        let inner = tower::service_fn(|_: ()| async { Ok::<_, std::convert::Infallible>(Instant::now()) });
+        let inner =
+            tower::service_fn(|_: ()| async { Ok::<_, std::convert::Infallible>(Instant::now()) });
         let mut svc = tower::Layer::layer(&RateLimit::new(5.0, 2), inner);
         let start = Instant::now();
         let mut at = Vec::new();
