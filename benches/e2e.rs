@@ -3,6 +3,8 @@
 //!
 //! `cargo bench --bench e2e` runs every scenario and prints one line per measure with the floor
 //! it is held to; `cargo bench --bench e2e -- throughput` runs one. The numbers go in README.
+//! `E2E_RELAY_BIN=/path/to/kube-log-relay` measures another build of the relay (A/B comparisons
+//! on the same machine, where run-to-run noise is larger than most single changes).
 
 use std::io::Write as _;
 use std::process::{Child, Command, Stdio};
@@ -12,6 +14,11 @@ use kube_log_relay::sim::loki::LokiSink;
 use kube_log_relay::sim::{ContainerSpec, PodSpec, RestartPolicy, Sim};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kube-log-relay");
+
+/// The relay binary to measure: this build's, unless `E2E_RELAY_BIN` names another.
+fn relay_bin() -> String {
+    std::env::var("E2E_RELAY_BIN").unwrap_or_else(|_| BIN.to_string())
+}
 
 fn main() {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
@@ -232,7 +239,7 @@ impl Relay {
             .unwrap()
             .write_all(config.as_bytes())
             .unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(relay_bin())
             .args(["run", "--config"])
             .arg(&path)
             .stdout(Stdio::null())

@@ -12,18 +12,28 @@
 //! line; truncation cuts at a character boundary, so a truncated line may be up to 3 bytes
 //! shorter than `max_line_size`.
 //!
-//! Each line is copied into an owned `String` because the shared `logproto` types (also used by
-//! the simulator's sink to decode) hold `String`s; the copy costs about what protobuf encoding
-//! itself does.
+//! This is the relay's hottest code per line (SPEC §10), so [`build`] only *plans* the request
+//! (borrowing every valid line from its chunk, copying none) and [`Plan::encode_into`] writes
+//! the `logproto.PushRequest` wire format by hand with `prost::encoding`'s primitives, exactly
+//! the bytes prost's derived encoder writes for [`Plan::to_request`] (a test holds them equal).
+//! The protobuf and snappy buffers are reused per thread: fresh megabyte buffers would be
+//! zeroed and page-faulted in on every batch.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
 use super::batch::Batch;
 use super::limits::{LabelProblem, Limits, LineAction, check_labels, check_line};
-use crate::logproto::{EntryAdapter, PushRequest, StreamAdapter};
+use crate::logproto::{self, EntryAdapter, PushRequest, StreamAdapter};
 use crate::target::Stream;
+
+/// Scratch buffers larger than this are freed after use rather than kept for the next batch
+/// (a batch of the default 1 MiB `batch_size` stays well below).
+const KEEP_SCRATCH: usize = 8 << 20;
 
 /// Entries and line bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,10 +49,9 @@ impl Count {
     }
 }
 
-/// A batch ready to push, with what the limits removed from it.
+/// What a batch's request carries and what the limits removed from it.
 #[derive(Debug, Default, PartialEq)]
 pub struct Built {
-    pub request: PushRequest,
     /// What the request carries (line bytes after conversion and truncation).
     pub sent: Count,
     /// Entries of streams whose labels Loki would refuse.
@@ -53,6 +62,25 @@ pub struct Built {
     pub truncated: u64,
     /// The first label problem met, with the labels, for the log.
     pub label_problem: Option<(String, LabelProblem)>,
+}
+
+/// The push request of a batch, borrowing the batch's lines.
+#[derive(Debug, Default)]
+pub struct Plan<'a> {
+    streams: Vec<PlannedStream<'a>>,
+}
+
+#[derive(Debug)]
+struct PlannedStream<'a> {
+    labels: String,
+    hash: u64,
+    entries: Vec<PlannedEntry<'a>>,
+}
+
+#[derive(Debug)]
+struct PlannedEntry<'a> {
+    timestamp: logproto::Timestamp,
+    line: Cow<'a, str>,
 }
 
 /// The compressed body of a push, and what it carries.
@@ -71,10 +99,15 @@ pub struct EncodeError {
     source: snap::Error,
 }
 
-/// Builds the push request of a batch, applying `limits`.
-pub fn build(batch: &Batch, external_labels: &[(String, String)], limits: &Limits) -> Built {
+/// Plans the push request of a batch, applying `limits`.
+pub fn build<'a>(
+    batch: &'a Batch,
+    external_labels: &[(String, String)],
+    limits: &Limits,
+) -> (Plan<'a>, Built) {
     let mut built = Built::default();
-    // Per stream (by identity of its shared `Arc<Stream>`): the index of its StreamAdapter, or
+    let mut plan = Plan::default();
+    // Per stream (by identity of its shared `Arc<Stream>`): the index of its planned stream, or
     // None when its labels are refused.
     let mut by_stream: HashMap<*const Stream, Option<usize>> = HashMap::new();
     let mut by_text: HashMap<String, usize> = HashMap::new();
@@ -92,12 +125,12 @@ pub fn build(batch: &Batch, external_labels: &[(String, String)], limits: &Limit
                 }
                 let text = labels.as_text();
                 Some(*by_text.entry(text.to_owned()).or_insert_with(|| {
-                    built.request.streams.push(StreamAdapter {
+                    plan.streams.push(PlannedStream {
                         labels: text.to_owned(),
-                        entries: Vec::new(),
                         hash: fnv1a(text.as_bytes()),
+                        entries: Vec::new(),
                     });
-                    built.request.streams.len() - 1
+                    plan.streams.len() - 1
                 }))
             });
         let Some(index) = slot else {
@@ -106,17 +139,19 @@ pub fn build(batch: &Batch, external_labels: &[(String, String)], limits: &Limit
             }
             continue;
         };
-        let entries = &mut built.request.streams[index].entries;
+        let entries = &mut plan.streams[index].entries;
         entries.reserve(chunk.entries.len());
         for entry in &chunk.entries {
-            let mut line = match std::str::from_utf8(&entry.line) {
-                Ok(s) => s.to_owned(),
-                Err(_) => String::from_utf8_lossy(&entry.line).into_owned(),
-            };
+            // Borrowed when valid UTF-8 (the rule): no copy.
+            let mut line = String::from_utf8_lossy(&entry.line);
             match check_line(line.len(), limits) {
                 LineAction::Keep => {}
                 LineAction::Truncate(max) => {
-                    line.truncate(line.floor_char_boundary(max));
+                    let end = line.floor_char_boundary(max);
+                    match &mut line {
+                        Cow::Borrowed(s) => *s = &s[..end],
+                        Cow::Owned(s) => s.truncate(end),
+                    }
                     built.truncated += 1;
                 }
                 LineAction::Drop => {
@@ -125,16 +160,15 @@ pub fn build(batch: &Batch, external_labels: &[(String, String)], limits: &Limit
                 }
             }
             built.sent.add(line.len());
-            entries.push(EntryAdapter {
-                timestamp: Some(entry.timestamp.into()),
+            entries.push(PlannedEntry {
+                timestamp: entry.timestamp.into(),
                 line,
-                structured_metadata: Vec::new(),
             });
         }
     }
     // A stream whose every line was dropped must not be sent empty.
-    built.request.streams.retain(|s| !s.entries.is_empty());
-    built
+    plan.streams.retain(|s| !s.entries.is_empty());
+    (plan, built)
 }
 
 /// Builds and compresses the push body of a batch.
@@ -143,18 +177,152 @@ pub fn encode(
     external_labels: &[(String, String)],
     limits: &Limits,
 ) -> Result<Encoded, EncodeError> {
-    let built = build(batch, external_labels, limits);
-    let proto = built.request.encode_to_vec();
-    let body = snap::raw::Encoder::new()
-        .compress_vec(&proto)
-        .map_err(|source| EncodeError {
-            len: proto.len(),
-            source,
-        })?;
-    Ok(Encoded {
-        body: body.into(),
-        built,
-    })
+    let (plan, built) = build(batch, external_labels, limits);
+    let body = SCRATCH.with_borrow_mut(|scratch| scratch.compress(&plan))?;
+    Ok(Encoded { body, built })
+}
+
+/// Per-thread buffers for [`encode`]: the protobuf, the compressed body, snappy's hash table.
+struct Scratch {
+    proto: Vec<u8>,
+    compressed: Vec<u8>,
+    snappy: snap::raw::Encoder,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+        proto: Vec::new(),
+        compressed: Vec::new(),
+        snappy: snap::raw::Encoder::new(),
+    });
+}
+
+impl Scratch {
+    /// The snappy-compressed protobuf of `plan`, in a buffer of its own exact size.
+    fn compress(&mut self, plan: &Plan) -> Result<bytes::Bytes, EncodeError> {
+        self.proto.clear();
+        plan.encode_into(&mut self.proto);
+        let len = self.proto.len();
+        let max = snap::raw::max_compress_len(len);
+        if self.compressed.len() < max {
+            self.compressed.resize(max, 0);
+        }
+        let result = self
+            .snappy
+            .compress(&self.proto, &mut self.compressed)
+            .map(|n| bytes::Bytes::copy_from_slice(&self.compressed[..n]))
+            .map_err(|source| EncodeError { len, source });
+        for buf in [&mut self.proto, &mut self.compressed] {
+            if buf.capacity() > KEEP_SCRATCH {
+                *buf = Vec::new();
+            }
+        }
+        result
+    }
+}
+
+impl Plan<'_> {
+    /// Appends the `logproto.PushRequest` wire format to `buf`.
+    pub fn encode_into(&self, buf: &mut Vec<u8>) {
+        buf.reserve(self.encoded_len());
+        for stream in &self.streams {
+            // PushRequest.streams = 1
+            encode_key(1, WireType::LengthDelimited, buf);
+            encode_varint(stream.encoded_len() as u64, buf);
+            // StreamAdapter.labels = 1 (proto3: an empty string is not written)
+            if !stream.labels.is_empty() {
+                encode_key(1, WireType::LengthDelimited, buf);
+                encode_varint(stream.labels.len() as u64, buf);
+                buf.extend_from_slice(stream.labels.as_bytes());
+            }
+            for entry in &stream.entries {
+                // StreamAdapter.entries = 2
+                encode_key(2, WireType::LengthDelimited, buf);
+                encode_varint(entry.encoded_len() as u64, buf);
+                // EntryAdapter.timestamp = 1 (a present message is written even when empty)
+                prost::encoding::message::encode(1, &entry.timestamp, buf);
+                // EntryAdapter.line = 2
+                if !entry.line.is_empty() {
+                    encode_key(2, WireType::LengthDelimited, buf);
+                    encode_varint(entry.line.len() as u64, buf);
+                    buf.extend_from_slice(entry.line.as_bytes());
+                }
+            }
+            // StreamAdapter.hash = 3
+            if stream.hash != 0 {
+                encode_key(3, WireType::Varint, buf);
+                encode_varint(stream.hash, buf);
+            }
+        }
+    }
+
+    /// Length of the wire format.
+    pub fn encoded_len(&self) -> usize {
+        self.streams
+            .iter()
+            .map(|s| delimited_len(1, s.encoded_len()))
+            .sum()
+    }
+
+    /// The request as prost's message types (tests, tools; the relay never builds it).
+    pub fn to_request(&self) -> PushRequest {
+        PushRequest {
+            streams: self
+                .streams
+                .iter()
+                .map(|s| StreamAdapter {
+                    labels: s.labels.clone(),
+                    entries: s
+                        .entries
+                        .iter()
+                        .map(|e| EntryAdapter {
+                            timestamp: Some(e.timestamp),
+                            line: e.line.to_string(),
+                            structured_metadata: Vec::new(),
+                        })
+                        .collect(),
+                    hash: s.hash,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl PlannedStream<'_> {
+    fn encoded_len(&self) -> usize {
+        let labels = if self.labels.is_empty() {
+            0
+        } else {
+            delimited_len(1, self.labels.len())
+        };
+        let entries: usize = self
+            .entries
+            .iter()
+            .map(|e| delimited_len(2, e.encoded_len()))
+            .sum();
+        let hash = if self.hash == 0 {
+            0
+        } else {
+            key_len(3) + encoded_len_varint(self.hash)
+        };
+        labels + entries + hash
+    }
+}
+
+impl PlannedEntry<'_> {
+    fn encoded_len(&self) -> usize {
+        let line = if self.line.is_empty() {
+            0
+        } else {
+            delimited_len(2, self.line.len())
+        };
+        delimited_len(1, self.timestamp.encoded_len()) + line
+    }
+}
+
+/// Length of a length-delimited field of `len` bytes with tag `tag`.
+fn delimited_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
 }
 
 /// 64-bit FNV-1a.
@@ -216,7 +384,7 @@ mod tests {
         let ext = [("cluster".to_string(), "c1".to_string())];
         let encoded = encode(&batch, &ext, &NO_LIMITS).unwrap();
         let req = decode(&encoded.body);
-        assert_eq!(req, encoded.built.request);
+        assert_eq!(req, build(&batch, &ext, &NO_LIMITS).0.to_request());
         let got: Vec<(&str, Vec<&str>)> = req
             .streams
             .iter()
@@ -279,9 +447,10 @@ mod tests {
             max_line_size: 5,
             ..NO_LIMITS
         };
-        let built = build(&batch, &[], &drop_long);
-        assert_eq!(built.request.streams.len(), 1);
-        assert_eq!(lines(&built.request.streams[0]), vec!["short"]);
+        let (plan, built) = build(&batch, &[], &drop_long);
+        let request = plan.to_request();
+        assert_eq!(request.streams.len(), 1);
+        assert_eq!(lines(&request.streams[0]), vec!["short"]);
         assert_eq!(
             built.invalid_labels,
             Count {
@@ -306,14 +475,15 @@ mod tests {
             max_line_size_truncate: true,
             ..NO_LIMITS
         };
-        let built = build(&batch, &[], &truncate);
-        assert_eq!(lines(&built.request.streams[0]), vec!["short", "far t"]);
+        let (plan, built) = build(&batch, &[], &truncate);
+        assert_eq!(lines(&plan.to_request().streams[0]), vec!["short", "far t"]);
         assert_eq!((built.truncated, built.sent.bytes), (1, 10));
 
         // Truncation respects character boundaries: "é" is 2 bytes.
         let accents = chunk_full(None, &[("app", "a")], &["ééé"], 3, None);
-        let built = build(&batch_of(vec![accents]), &[], &truncate);
-        assert_eq!(lines(&built.request.streams[0]), vec!["éé"]);
+        let batch = batch_of(vec![accents]);
+        let (plan, _) = build(&batch, &[], &truncate);
+        assert_eq!(lines(&plan.to_request().streams[0]), vec!["éé"]);
     }
 
     #[test]
@@ -323,8 +493,97 @@ mod tests {
             max_line_size: 3,
             ..NO_LIMITS
         };
-        let built = build(&batch_of(vec![long]), &[], &limits);
-        assert!(built.request.streams.is_empty());
+        let batch = batch_of(vec![long]);
+        let (plan, built) = build(&batch, &[], &limits);
+        assert!(plan.to_request().streams.is_empty());
+        assert_eq!(plan.encoded_len(), 0);
         assert_eq!(built.sent, Count::default());
+    }
+
+    #[test]
+    fn hand_encoding_is_byte_for_byte_prost() {
+        let when = |s: i64, n: i32| jiff::Timestamp::new(s, n).unwrap();
+        let entries = |lines: &[(jiff::Timestamp, &[u8])]| -> Vec<Entry> {
+            lines
+                .iter()
+                .map(|(t, l)| Entry {
+                    timestamp: *t,
+                    line: Bytes::copy_from_slice(l),
+                })
+                .collect()
+        };
+        let id = Arc::new(TargetId {
+            namespace: "n".into(),
+            pod: "p".into(),
+            container: "c".into(),
+            uid: "u".into(),
+        });
+        let stream = |pairs: &[(&str, &str)]| {
+            Arc::new(Stream {
+                labels: Labels::from_pairs(
+                    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+                ),
+                tenant: None,
+            })
+        };
+        let long = "x".repeat(300);
+        let chunks = vec![
+            // Epoch (an empty Timestamp message), an empty line, invalid UTF-8, a line whose
+            // length needs a two-byte varint, negative seconds.
+            Arc::new(Chunk::new(
+                id.clone(),
+                stream(&[("app", "a")]),
+                entries(&[
+                    (jiff::Timestamp::UNIX_EPOCH, b"first"),
+                    (when(1_704_164_645, 0), b""),
+                    (when(1_704_164_645, 123_456_789), b"bad \xff bytes"),
+                    (when(1_704_164_646, 1), long.as_bytes()),
+                    (when(-5, 500), b"before the epoch"),
+                ]),
+                1,
+                Instant::now(),
+                None,
+            )),
+            // No labels of its own: refused alone, sent with external labels.
+            Arc::new(Chunk::new(
+                id,
+                stream(&[]),
+                entries(&[(when(1, 2), b"unlabelled")]),
+                2,
+                Instant::now(),
+                None,
+            )),
+        ];
+        let batch = batch_of(chunks);
+        for ext in [vec![], vec![("cluster".to_string(), "c1".to_string())]] {
+            let (plan, built) = build(&batch, &ext, &NO_LIMITS);
+            let mut ours = Vec::new();
+            plan.encode_into(&mut ours);
+            let request = plan.to_request();
+            assert_eq!(ours, request.encode_to_vec());
+            assert_eq!(ours.len(), plan.encoded_len());
+            assert_eq!(
+                (built.sent.entries, built.invalid_labels.entries),
+                if ext.is_empty() { (5, 1) } else { (6, 0) }
+            );
+            let body = encode(&batch, &ext, &NO_LIMITS).unwrap().body;
+            assert_eq!(decode(&body), request);
+        }
+    }
+
+    #[test]
+    fn large_batches_release_the_scratch_buffers() {
+        let line = "y".repeat(1000);
+        let refs: Vec<&str> =
+            std::iter::repeat_n(line.as_str(), KEEP_SCRATCH / 1000 + 10).collect();
+        let big = batch_of(vec![chunk_full(None, &[("app", "a")], &refs, 1, None)]);
+        let body = encode(&big, &[], &NO_LIMITS).unwrap().body;
+        assert_eq!(decode(&body).streams[0].entries.len(), refs.len());
+        SCRATCH.with_borrow(|s| {
+            assert_eq!((s.proto.capacity(), s.compressed.capacity()), (0, 0));
+        });
+        let small = batch_of(vec![chunk_full(None, &[("app", "a")], &["z"], 2, None)]);
+        encode(&small, &[], &NO_LIMITS).unwrap();
+        SCRATCH.with_borrow(|s| assert!(s.proto.capacity() > 0 && s.compressed.capacity() > 0));
     }
 }

@@ -472,9 +472,7 @@ async fn send(shared: Arc<Shared>, batch: Batch, addr: Addr<LokiReceiver>) -> Ba
             };
         }
     };
-    let encode::Encoded { body, mut built } = encoded;
-    // Only the body is needed from here on; the decoded form would double the batch's memory.
-    built.request = Default::default();
+    let encode::Encoded { body, built } = encoded;
     if built.sent.entries == 0 {
         return BatchDone {
             batch,
