@@ -411,7 +411,7 @@ async fn apply(
             .await;
         let deadline = Instant::now() + new.shutdown.timeout;
         for old in retired {
-            actix::spawn(old.shutdown(deadline));
+            actix::spawn(old.retire(deadline));
         }
     }
     if plan.kubernetes {

@@ -147,6 +147,14 @@ impl ReceiverHandle {
         self.status.send(GetStatus).await.ok()
     }
 
+    /// Removes the receiver (reload): like [`ReceiverHandle::shutdown`], but what it could not
+    /// send by `deadline` is dropped (counted as `receiver_removed`) and finished, so that the
+    /// positions of its targets move on without it.
+    pub async fn retire(self, deadline: std::time::Instant) {
+        self.queue.retire();
+        self.shutdown(deadline).await;
+    }
+
     /// Stops accepting chunks, sends what is queued until `deadline`, then stops the receiver.
     /// Chunks not delivered by then are not acknowledged.
     pub async fn shutdown(self, deadline: std::time::Instant) {
@@ -420,7 +428,7 @@ impl LokiReceiver {
             BatchEnd::Empty => {}
         }
         for item in &batch.chunks {
-            item.chunk.finish();
+            item.finish();
         }
         // Releases the batch's queue room.
         drop(batch);

@@ -17,7 +17,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -46,6 +46,7 @@ pub fn channel(
         queued_chunks: AtomicUsize::new(0),
         dropped_entries: AtomicU64::new(0),
         idle: Notify::new(),
+        retired: AtomicBool::new(false),
     });
     (
         QueueSender {
@@ -67,6 +68,24 @@ struct Shared {
     dropped_entries: AtomicU64,
     /// Woken when the last held chunk is released.
     idle: Notify,
+    /// The receiver was removed by a reload: a chunk it lets go unfinished is finished as
+    /// dropped (`receiver_removed`), so the targets' positions are not held back by it.
+    retired: AtomicBool,
+}
+
+impl Shared {
+    /// Finishes a chunk the retired receiver will never send, counting it as dropped.
+    fn release(&self, chunk: &Chunk) {
+        let entries = chunk.entries.len() as u64;
+        self.dropped_entries.fetch_add(entries, Ordering::Relaxed);
+        metrics::dropped(
+            &self.name,
+            SendDrop::ReceiverRemoved,
+            entries,
+            chunk.bytes as u64,
+        );
+        chunk.finish();
+    }
 }
 
 /// The forwarder's end of a queue; cheap to clone.
@@ -93,10 +112,20 @@ impl QueueSender {
             let permit = match immediate {
                 None => match shared.room.clone().acquire_many_owned(cost).await {
                     Ok(permit) => permit,
-                    Err(_closed) => return,
+                    Err(_closed) => {
+                        if shared.retired.load(Ordering::Acquire) {
+                            shared.release(&chunk);
+                        }
+                        return;
+                    }
                 },
                 Some(Ok(permit)) => permit,
-                Some(Err(TryAcquireError::Closed)) => return,
+                Some(Err(TryAcquireError::Closed)) => {
+                    if shared.retired.load(Ordering::Acquire) {
+                        shared.release(&chunk);
+                    }
+                    return;
+                }
                 Some(Err(TryAcquireError::NoPermits)) => {
                     let entries = chunk.entries.len() as u64;
                     shared.dropped_entries.fetch_add(entries, Ordering::Relaxed);
@@ -122,6 +151,7 @@ impl QueueSender {
                     _permit: permit,
                 }),
                 queued_at: Instant::now(),
+                finished: AtomicBool::new(false),
             };
             // The receiver is gone (stopped): the chunk is dropped unfinished, as on shutdown.
             let _ = tx.send(queued);
@@ -138,6 +168,12 @@ impl QueueSender {
     /// Stops accepting chunks; pushes waiting for room return without queueing.
     pub fn close(&self) {
         self.shared.room.close();
+    }
+
+    /// Marks the receiver removed (reload): whatever it lets go from now on without sending
+    /// is finished as dropped instead of holding back the positions of its targets.
+    pub fn retire(&self) {
+        self.shared.retired.store(true, Ordering::Release);
     }
 
     /// Bytes held by queued, batched and in-flight chunks.
@@ -239,6 +275,8 @@ pub struct QueuedChunk {
     _permit: Option<Permit>,
     /// When the chunk entered the queue.
     pub queued_at: Instant,
+    /// This receiver is done with the chunk ([`QueuedChunk::finish`]).
+    finished: AtomicBool,
 }
 
 impl QueuedChunk {
@@ -248,6 +286,27 @@ impl QueuedChunk {
             chunk,
             _permit: None,
             queued_at: Instant::now(),
+            finished: AtomicBool::new(false),
+        }
+    }
+
+    /// This receiver is done with the chunk (delivered, or dropped by policy); once only.
+    pub fn finish(&self) {
+        if !self.finished.swap(true, Ordering::AcqRel) {
+            self.chunk.finish();
+        }
+    }
+}
+
+impl Drop for QueuedChunk {
+    fn drop(&mut self) {
+        // Unfinished: a shutdown (not acknowledged, read again after a restart) — unless the
+        // receiver was removed, which drops what it still held.
+        if let Some(p) = &self._permit
+            && !*self.finished.get_mut()
+            && p.shared.retired.load(Ordering::Acquire)
+        {
+            p.shared.release(&self.chunk);
         }
     }
 }

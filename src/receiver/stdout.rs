@@ -76,7 +76,7 @@ impl StreamHandler<QueuedChunk> for StdoutReceiver {
         self.sent_entries += chunk.entries.len() as u64;
         metrics::sent(NAME, chunk.entries.len() as u64, chunk.bytes as u64);
         metrics::propagation_latency(NAME, chunk.read_at.elapsed());
-        chunk.finish();
+        item.finish();
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {

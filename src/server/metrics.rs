@@ -40,6 +40,8 @@ pub enum SendDrop {
     LineTooLong,
     /// The stream's labels break Loki's limits (too many names, value too long, bad name).
     InvalidLabels,
+    /// The receiver was removed by a reload before it could send them.
+    ReceiverRemoved,
 }
 
 impl SendDrop {
@@ -50,6 +52,7 @@ impl SendDrop {
             SendDrop::QueueFull => "queue_full",
             SendDrop::LineTooLong => "line_too_long",
             SendDrop::InvalidLabels => "invalid_labels",
+            SendDrop::ReceiverRemoved => "receiver_removed",
         }
     }
 }
@@ -356,6 +359,7 @@ pub fn register_receiver(receiver: &str) {
         SendDrop::QueueFull,
         SendDrop::LineTooLong,
         SendDrop::InvalidLabels,
+        SendDrop::ReceiverRemoved,
     ] {
         counter!("loki_write_dropped_entries_total", "receiver" => r.clone(), "reason" => reason.as_str())
             .increment(0);

@@ -241,3 +241,59 @@ async fn sighup_reloads_the_file_the_relay_runs_on() {
         "a line was lost across the reload"
     );
 }
+
+#[actix_rt::test]
+async fn removing_a_dead_receiver_lets_the_positions_move_on() {
+    let sim = support::sim().await;
+    let (good, dead) = (support::sink().await, support::sink().await);
+    dead.fail_for(503, std::time::Duration::from_secs(3600));
+    steady_pods(&sim, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let base = support::base_config(&sim) + "\n[shutdown]\ntimeout = \"1s\"\n";
+    let with_dead = base.clone()
+        + &support::loki_table("good", &good, "")
+        + &support::loki_table("dead", &dead, "max_retries = 1000");
+    let relay = support::relay_from_file(&path, &with_dead).await;
+    eventually("the healthy receiver gets lines", || {
+        good.entries().len() >= 50
+    })
+    .await;
+    let acknowledged = || async {
+        support::targets(&relay).await[0]
+            .status
+            .as_ref()
+            .and_then(|s| s.acknowledged.clone())
+    };
+    assert_eq!(
+        acknowledged().await,
+        None,
+        "nothing is acknowledged while a receiver fails"
+    );
+
+    std::fs::write(&path, base + &support::loki_table("good", &good, "")).unwrap();
+    let (status, body) = support::http_post(relay.http_addr(), "/-/reload").await;
+    assert_eq!(status, 200, "{body}");
+    support::eventually_async("positions move once the dead receiver is gone", || async {
+        acknowledged().await.is_some()
+    })
+    .await;
+    let (_, metrics) = support::http_get(relay.http_addr(), "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("loki_write_dropped_entries_total")
+                && l.contains("receiver=\"dead\"")
+                && l.contains("reason=\"receiver_removed\"")
+                && !l.ends_with(" 0")),
+        "the removed receiver's lines are counted as dropped"
+    );
+
+    finish(&sim, &relay, 1).await;
+    relay.shutdown().await;
+    assert_exactly_once(
+        "p-0",
+        &sim.written_lines("ns", "p-0", "c"),
+        &lines_of(&good.entries(), "ns", "p-0", "c"),
+    );
+}
