@@ -1,0 +1,306 @@
+//! The client options `[kubernetes]` (SPEC §4.1) and every `[loki.<name>]` (SPEC §4.5) share:
+//! authentication, TLS, proxy and HTTP headers, with the reference's names and exclusion rules.
+//! Messages never repeat a secret value: header values, tokens and PEM text stay out of them.
+
+use std::collections::BTreeMap;
+
+use super::Checker;
+use crate::config::error::{join_index, join_key};
+use crate::config::model::*;
+use crate::config::raw::*;
+
+/// The authentication keys of one client table.
+pub(super) struct AuthKeys<'a> {
+    pub(super) bearer_token: Option<&'a String>,
+    pub(super) bearer_token_file: Option<&'a String>,
+    pub(super) authorization: Option<&'a RawAuthorization>,
+    pub(super) basic_auth: Option<&'a RawBasicAuth>,
+    pub(super) oauth2: Option<&'a RawOAuth2>,
+}
+
+/// The proxy keys of one client table.
+pub(super) struct ProxyKeys<'a> {
+    pub(super) proxy_url: Option<&'a String>,
+    pub(super) no_proxy: Option<&'a String>,
+    pub(super) proxy_from_environment: Option<bool>,
+    pub(super) proxy_connect_header: Option<&'a BTreeMap<String, StringList>>,
+}
+
+pub(super) fn auth(c: &mut Checker, path: &str, keys: &AuthKeys<'_>) -> Auth {
+    let found: Vec<&str> = [
+        ("authorization", keys.authorization.is_some()),
+        ("basic_auth", keys.basic_auth.is_some()),
+        ("bearer_token", keys.bearer_token.is_some()),
+        ("bearer_token_file", keys.bearer_token_file.is_some()),
+        ("oauth2", keys.oauth2.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    if found.len() > 1 {
+        c.error(
+            path,
+            format!(
+                "at most one of authorization, basic_auth, bearer_token, bearer_token_file, oauth2 may be set (found {})",
+                found.join(", ")
+            ),
+        );
+    }
+    let mut auth = Auth::None;
+    if let Some(token) = c.non_empty(&join_key(path, "bearer_token"), keys.bearer_token) {
+        auth = Auth::BearerToken(Secret(token));
+    }
+    if let Some(file) = c.path(&join_key(path, "bearer_token_file"), keys.bearer_token_file) {
+        auth = Auth::BearerTokenFile(file);
+    }
+    if let Some(raw) = keys.authorization {
+        let at = join_key(path, "authorization");
+        let kind = c
+            .non_empty(&join_key(&at, "type"), raw.kind.as_ref())
+            .unwrap_or_else(|| "Bearer".to_owned());
+        if kind.eq_ignore_ascii_case("basic") {
+            c.error(
+                join_key(&at, "type"),
+                r#""Basic" is not allowed here: use [basic_auth] instead"#,
+            );
+        }
+        let credentials = credential(
+            c,
+            &at,
+            ("credentials", raw.credentials.as_ref()),
+            ("credentials_file", raw.credentials_file.as_ref()),
+            true,
+        );
+        if let Some(credentials) = credentials {
+            auth = Auth::Authorization { kind, credentials };
+        }
+    }
+    if let Some(raw) = keys.basic_auth {
+        let at = join_key(path, "basic_auth");
+        let username = raw.username.clone().unwrap_or_default();
+        if username.is_empty() {
+            c.error(join_key(&at, "username"), "missing (required)");
+        }
+        let password = credential(
+            c,
+            &at,
+            ("password", raw.password.as_ref()),
+            ("password_file", raw.password_file.as_ref()),
+            false,
+        )
+        .unwrap_or_else(|| Credential::Inline(Secret::default()));
+        auth = Auth::Basic { username, password };
+    }
+    if keys.oauth2.is_some() {
+        c.error(
+            join_key(path, "oauth2"),
+            "oauth2 is not supported yet: use bearer_token_file (for example a token refreshed by a sidecar), authorization or basic_auth",
+        );
+    }
+    if found.len() > 1 {
+        return Auth::None;
+    }
+    auth
+}
+
+/// `credentials` / `credentials_file` and the like: exclusive, one required when `required`.
+fn credential(
+    c: &mut Checker,
+    path: &str,
+    (inline_key, inline): (&str, Option<&String>),
+    (file_key, file): (&str, Option<&String>),
+    required: bool,
+) -> Option<Credential> {
+    match (inline, file) {
+        (Some(_), Some(_)) => {
+            c.error(
+                path,
+                format!("{inline_key} and {file_key} are mutually exclusive"),
+            );
+            None
+        }
+        (Some(inline), None) => c
+            .non_empty(&join_key(path, inline_key), Some(inline))
+            .map(|value| Credential::Inline(Secret(value))),
+        (None, Some(file)) => c
+            .path(&join_key(path, file_key), Some(file))
+            .map(Credential::File),
+        (None, None) => {
+            if required {
+                c.error(path, format!("one of {inline_key}, {file_key} is required"));
+            }
+            None
+        }
+    }
+}
+
+pub(super) fn tls(c: &mut Checker, path: &str, raw: Option<&RawTls>) -> TlsConfig {
+    let Some(raw) = raw else {
+        return TlsConfig::default();
+    };
+    let mut pem = |name: &str, inline: Option<&String>, file: Option<&String>| {
+        let inline_key = format!("{name}_pem");
+        let file_key = format!("{name}_file");
+        match (inline, file) {
+            (Some(_), Some(_)) => {
+                c.error(
+                    path,
+                    format!("{inline_key} and {file_key} are mutually exclusive"),
+                );
+                None
+            }
+            (Some(inline), None) => {
+                let at = join_key(path, &inline_key);
+                let text = c.non_empty(&at, Some(inline))?;
+                if !text.contains("-----BEGIN ") {
+                    c.error(
+                        at,
+                        "is not PEM text (it should contain a \"-----BEGIN …\" line)",
+                    );
+                    return None;
+                }
+                Some(PemSource::Inline(Secret(text)))
+            }
+            (None, Some(file)) => c
+                .path(&join_key(path, &file_key), Some(file))
+                .map(PemSource::File),
+            (None, None) => None,
+        }
+    };
+    let ca = pem("ca", raw.ca_pem.as_ref(), raw.ca_file.as_ref());
+    let cert = pem("cert", raw.cert_pem.as_ref(), raw.cert_file.as_ref());
+    let key = pem("key", raw.key_pem.as_ref(), raw.key_file.as_ref());
+    let cert_written = raw.cert_pem.is_some() || raw.cert_file.is_some();
+    let key_written = raw.key_pem.is_some() || raw.key_file.is_some();
+    if cert_written && !key_written {
+        c.error(
+            path,
+            "cert_pem/cert_file is set without key_pem/key_file: a client certificate needs its key",
+        );
+    }
+    if key_written && !cert_written {
+        c.error(
+            path,
+            "key_pem/key_file is set without cert_pem/cert_file: a client key needs its certificate",
+        );
+    }
+    let min_version = match raw.min_version.as_deref() {
+        None => None,
+        Some("TLS12") => Some(TlsVersion::Tls12),
+        Some("TLS13") => Some(TlsVersion::Tls13),
+        Some(old @ ("TLS10" | "TLS11")) => {
+            c.error(
+                join_key(path, "min_version"),
+                format!(r#"{old:?} is not supported: rustls implements TLS 1.2 and 1.3 only (use "TLS12" or "TLS13")"#),
+            );
+            None
+        }
+        Some(other) => {
+            c.error(
+                join_key(path, "min_version"),
+                format!(r#"{other:?} is not one of "TLS12", "TLS13""#),
+            );
+            None
+        }
+    };
+    TlsConfig {
+        ca,
+        cert,
+        key,
+        insecure_skip_verify: raw.insecure_skip_verify.unwrap_or(false),
+        server_name: c.non_empty(&join_key(path, "server_name"), raw.server_name.as_ref()),
+        min_version,
+    }
+}
+
+pub(super) fn proxy(c: &mut Checker, path: &str, keys: &ProxyKeys<'_>) -> ProxyConfig {
+    let from_environment = keys.proxy_from_environment.unwrap_or(false);
+    let url = c.url(&join_key(path, "proxy_url"), keys.proxy_url);
+    if from_environment && (keys.proxy_url.is_some() || keys.no_proxy.is_some()) {
+        c.error(
+            path,
+            "proxy_from_environment excludes proxy_url and no_proxy (HTTP_PROXY, HTTPS_PROXY and NO_PROXY are used instead)",
+        );
+    }
+    if keys.no_proxy.is_some() && keys.proxy_url.is_none() && !from_environment {
+        c.error(
+            join_key(path, "no_proxy"),
+            "needs proxy_url (no_proxy lists the hosts that bypass that proxy)",
+        );
+    }
+    if keys.proxy_connect_header.is_some() && keys.proxy_url.is_none() && !from_environment {
+        c.error(
+            join_key(path, "proxy_connect_header"),
+            "needs proxy_url or proxy_from_environment (these headers are sent to the proxy)",
+        );
+    }
+    let no_proxy = keys
+        .no_proxy
+        .map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|host| !host.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let connect_headers = header_lists(
+        c,
+        &join_key(path, "proxy_connect_header"),
+        keys.proxy_connect_header,
+    );
+    let mode = match (from_environment, url) {
+        (true, _) => ProxyMode::FromEnvironment,
+        (false, Some(url)) => ProxyMode::Url(url),
+        (false, None) => ProxyMode::Direct,
+    };
+    let no_proxy = if matches!(mode, ProxyMode::Url(_)) {
+        no_proxy
+    } else {
+        Vec::new()
+    };
+    ProxyConfig {
+        mode,
+        no_proxy,
+        connect_headers,
+    }
+}
+
+/// Checks one header; values are never printed (they are often credentials).
+pub(super) fn header(c: &mut Checker, path: &str, name: &str, values: &[String]) -> bool {
+    let at = join_key(path, name);
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        c.error(at, format!("{name:?} is not a valid HTTP header name"));
+        return false;
+    }
+    let mut ok = true;
+    for (index, value) in values.iter().enumerate() {
+        if http::HeaderValue::from_str(value).is_err() {
+            let at = if values.len() > 1 {
+                join_index(&at, index)
+            } else {
+                at.clone()
+            };
+            c.error(
+                at,
+                "is not a valid HTTP header value (no control characters or newlines)",
+            );
+            ok = false;
+        }
+    }
+    ok
+}
+
+pub(super) fn header_lists(
+    c: &mut Checker,
+    path: &str,
+    raw: Option<&BTreeMap<String, StringList>>,
+) -> BTreeMap<String, Vec<Secret>> {
+    let mut headers = BTreeMap::new();
+    for (name, StringList(values)) in raw.into_iter().flatten() {
+        if header(c, path, name, values) {
+            headers.insert(name.clone(), values.iter().cloned().map(Secret).collect());
+        }
+    }
+    headers
+}

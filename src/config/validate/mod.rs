@@ -1,0 +1,280 @@
+//! Phase two of the configuration (SPEC §4; STYLE.md "configuration in two phases"): the raw
+//! sections become the typed [`Config`] the program runs on.
+//!
+//! Every check records its error with the TOML path and goes on with the default, so one run
+//! reports every problem. Defaults live next to their checks, and match SPEC §4 (the
+//! `model` types carry the same defaults in their `Default` impls). Messages never repeat a
+//! secret value.
+//!
+//! One file per concern, each citing its part of SPEC §4: this file holds the entry
+//! [`validate`], the rules that span sections, the error collector and the checks every section
+//! uses (durations, sizes, words, paths, URLs, label and namespace names); `client.rs` the auth,
+//! TLS, proxy and header options shared by `[kubernetes]` and `[loki.<name>]`; `kubernetes.rs`,
+//! `targets.rs` (`[discovery]`, `[[relabel]]`, `[[targets]]`), `tail.rs`, `positions.rs`,
+//! `receivers.rs` (`[loki.<name>]`, `[stdout]`), `server.rs` (`[server]`, `[shutdown]`) and
+//! `clustering.rs` one section each.
+
+mod client;
+mod clustering;
+mod kubernetes;
+mod positions;
+mod receivers;
+mod server;
+mod tail;
+mod targets;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use self::clustering::clustering;
+use self::kubernetes::kubernetes;
+use self::positions::positions;
+use self::receivers::{receiver, stdout};
+use self::server::{server, shutdown};
+use self::tail::tail;
+use self::targets::{discovery, relabel_rule, static_target};
+use super::error::{ConfigError, join_index};
+use super::model::*;
+use super::raw::*;
+use super::units::{parse_duration, parse_size};
+
+/// Turns the raw sections into a [`Config`], or returns every error found.
+pub fn validate(raw: &RawConfig) -> Result<Config, Vec<ConfigError>> {
+    let mut c = Checker::default();
+    let kubernetes = kubernetes(&mut c, raw.kubernetes.get());
+    let discovery = discovery(&mut c, raw.discovery.get());
+    let relabel = raw
+        .relabel
+        .iter()
+        .filter_map(|(index, rule)| relabel_rule(&mut c, &join_index("relabel", *index), rule))
+        .collect();
+    let targets = raw
+        .targets
+        .iter()
+        .map(|(index, target)| static_target(&mut c, &join_index("targets", *index), target))
+        .collect::<Vec<_>>();
+    if !discovery.enabled && !raw.targets_written {
+        c.error(
+            "discovery.enabled",
+            "discovery is disabled and there is no [[targets]] entry: nothing would be tailed",
+        );
+    }
+    let tail = tail(&mut c, raw.tail.get());
+    let positions = positions(&mut c, raw.positions.get());
+    let loki = raw
+        .loki
+        .iter()
+        .map(|(name, loki)| (name.clone(), receiver(&mut c, name, loki)))
+        .collect();
+    if !raw.receivers_written {
+        c.error(
+            "loki",
+            "at least one [loki.<name>] or [stdout] receiver is required",
+        );
+    }
+    let stdout = raw.stdout.get().map(|raw| stdout(&mut c, raw));
+    let server = server(&mut c, raw.server.get());
+    let shutdown = shutdown(&mut c, raw.shutdown.get());
+    let clustering = clustering(&mut c, raw.clustering.get());
+    // Clustering moves targets between replicas: the new owner must find the old owner's
+    // positions, so they have to live in the cluster (SPEC §7).
+    if clustering.enabled
+        && positions.backend != PositionsBackend::Kubernetes
+        && !raw.positions.is_invalid()
+    {
+        c.error(
+            "clustering.enabled",
+            r#"clustering needs positions.backend = "kubernetes" (replicas must share positions to hand targets over)"#,
+        );
+    }
+    if !c.errors.is_empty() {
+        return Err(c.errors);
+    }
+    Ok(Config {
+        kubernetes,
+        discovery,
+        relabel,
+        targets,
+        tail,
+        positions,
+        loki,
+        stdout,
+        server,
+        shutdown,
+        clustering,
+    })
+}
+
+const LOG_FORMATS: &[(&str, LogFormat)] =
+    &[("logfmt", LogFormat::Logfmt), ("json", LogFormat::Json)];
+
+/// Collects errors; every check returns a usable value (the default on error) so validation
+/// goes on.
+#[derive(Default)]
+struct Checker {
+    errors: Vec<ConfigError>,
+}
+
+impl Checker {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError::new(path, message));
+    }
+
+    fn duration(&mut self, path: &str, value: Option<&str>, default: Duration) -> Duration {
+        match value.map(parse_duration) {
+            None => default,
+            Some(Ok(duration)) => duration,
+            Some(Err(message)) => {
+                self.error(path, message);
+                default
+            }
+        }
+    }
+
+    /// A duration that must not be zero.
+    fn positive_duration(
+        &mut self,
+        path: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Duration {
+        let duration = self.duration(path, value, default);
+        if duration.is_zero() {
+            self.error(path, "must be > 0");
+            return default;
+        }
+        duration
+    }
+
+    fn size(&mut self, path: &str, value: Option<&SizeValue>, default: usize) -> usize {
+        let bytes = match value {
+            None => return default,
+            Some(SizeValue::Bytes(bytes)) => Ok(*bytes),
+            Some(SizeValue::Text(text)) => parse_size(text),
+        };
+        match bytes.and_then(|b| usize::try_from(b).map_err(|_| "is too large".to_owned())) {
+            Ok(bytes) => bytes,
+            Err(message) => {
+                self.error(path, message);
+                default
+            }
+        }
+    }
+
+    /// One of a few words (`"block" | "drop"`).
+    fn word<T: Copy>(
+        &mut self,
+        path: &str,
+        value: Option<&str>,
+        words: &[(&str, T)],
+        default: T,
+    ) -> T {
+        let Some(value) = value else {
+            return default;
+        };
+        if let Some((_, word)) = words.iter().find(|(name, _)| *name == value) {
+            return *word;
+        }
+        let names: Vec<String> = words.iter().map(|(name, _)| format!("{name:?}")).collect();
+        self.error(
+            path,
+            format!("{value:?} is not one of {}", names.join(", ")),
+        );
+        default
+    }
+
+    /// A string that, when given, must not be empty.
+    fn non_empty(&mut self, path: &str, value: Option<&String>) -> Option<String> {
+        match value {
+            Some(text) if text.trim().is_empty() => {
+                self.error(path, "must not be empty (remove the key to leave it unset)");
+                None
+            }
+            other => other.cloned(),
+        }
+    }
+
+    fn path(&mut self, path: &str, value: Option<&String>) -> Option<PathBuf> {
+        self.non_empty(path, value).map(PathBuf::from)
+    }
+
+    /// An `http://` or `https://` URL with a host.
+    fn url(&mut self, path: &str, value: Option<&String>) -> Option<String> {
+        let text = self.non_empty(path, value)?;
+        match check_url(&text) {
+            Ok(()) => Some(text),
+            Err(message) => {
+                self.error(path, message);
+                None
+            }
+        }
+    }
+
+    fn positive<T: Copy + Default + PartialOrd>(
+        &mut self,
+        path: &str,
+        value: Option<T>,
+        default: T,
+    ) -> T {
+        match value {
+            Some(value) if value <= T::default() => {
+                self.error(path, "must be > 0");
+                default
+            }
+            Some(value) => value,
+            None => default,
+        }
+    }
+}
+
+fn check_url(text: &str) -> Result<(), String> {
+    let not_url = || {
+        format!(
+            "{:?} is not an http:// or https:// URL",
+            redact_userinfo(text)
+        )
+    };
+    let uri: http::Uri = text.parse().map_err(|_| not_url())?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some_and(|h| !h.is_empty()) => Ok(()),
+        _ => Err(not_url()),
+    }
+}
+
+/// `scheme://user:password@host/…` → `scheme://<redacted>@host/…`: a URL in an error message
+/// must not leak the password some users embed in it.
+fn redact_userinfo(url: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[authority_start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| authority_start + i);
+    match url[authority_start..authority_end].rfind('@') {
+        Some(at) => format!(
+            "{}<redacted>{}",
+            &url[..authority_start],
+            &url[authority_start + at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+/// Prometheus label names: `[a-zA-Z_][a-zA-Z0-9_]*`.
+fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+const LABEL_NAME_RULE: &str = "label names match [a-zA-Z_][a-zA-Z0-9_]*";
+
+/// A DNS-1123 label, as Kubernetes names namespaces.
+fn is_dns_label(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
