@@ -17,9 +17,14 @@
 //! - [`receiver`] batches per tenant, encodes Loki's protobuf+snappy push and applies the retry
 //!   policy; one failing receiver never delays another unless `on_full = "block"` says so.
 //!
+//! - [`positions`] keeps each target's *acknowledged* cursor (SPEC §4.4): chunks carry an
+//!   acknowledgement back to their target's tracker, which moves the stored position only past
+//!   lines every receiver finished with; the file backend makes restarts exact.
+//!
 //! Around them: [`config`] (TOML, validated in one pass), [`kube`] (the API client),
 //! [`server`] (metrics, status pages), [`sim`] (the Kubernetes and Loki look-alike that tests,
-//! benchmarks and the demo run against) and [`app`] which wires it all together.
+//! benchmarks and the demo run against), [`reload`] (what a new configuration changes) and
+//! [`app`] which wires it all together, reloads it and shuts it down in order.
 #![forbid(unsafe_code)]
 
 pub mod app;
