@@ -179,28 +179,54 @@ async fn collect_acks(rx: &mut UnboundedReceiver<u64>, n: usize, limit: Duration
     got
 }
 
-#[test]
-fn a_60s_outage_with_on_full_drop_leaves_the_healthy_receiver_untouched_and_counts_every_drop() {
-    paused(async {
-        let metrics = Metrics::new();
-        let _recorder = metrics::set_default_local_recorder(&metrics.0);
+/// Two receivers on this thread's arbiter behind one forwarder: `good` healthy, `bad` answering
+/// 503 until the test says otherwise (the sink's own window runs on the wall clock), with a
+/// small buffer and `on_full` as given.
+struct Outage {
+    good: LokiSink,
+    bad: LokiSink,
+    failing: ReceiverHandle,
+    forwarder: actix::Addr<Forwarder>,
+}
+
+impl Outage {
+    async fn start(tag: &str, on_full: OnFull) -> Outage {
         let (good, bad) = (support::sink().await, support::sink().await);
-        // Fails until told otherwise: the sink's own window runs on the wall clock.
         bad.fail_for(503, Duration::from_secs(3600));
         let arbiter = actix::Arbiter::current();
         let healthy = start_loki_on(
             &arbiter,
-            "outage-drop-good".into(),
+            format!("outage-{tag}-good"),
             loki(&good, OnFull::Block, 64 << 20),
         )
         .unwrap();
         let failing = start_loki_on(
             &arbiter,
-            "outage-drop-bad".into(),
-            loki(&bad, OnFull::Drop, SMALL_BUFFER),
+            format!("outage-{tag}-bad"),
+            loki(&bad, on_full, SMALL_BUFFER),
         )
         .unwrap();
         let forwarder = Forwarder::new(vec![healthy, failing.clone()]).start();
+        Outage {
+            good,
+            bad,
+            failing,
+            forwarder,
+        }
+    }
+}
+
+#[test]
+fn a_60s_outage_with_on_full_drop_leaves_the_healthy_receiver_untouched_and_counts_every_drop() {
+    paused(async {
+        let metrics = Metrics::new();
+        let _recorder = metrics::set_default_local_recorder(&metrics.0);
+        let Outage {
+            good,
+            bad,
+            failing,
+            forwarder,
+        } = Outage::start("drop", OnFull::Drop).await;
         let (ack, mut acked) = acks();
         let s = stream(&[("app", "outage")], None);
 
@@ -329,22 +355,12 @@ fn a_60s_outage_with_on_full_block_pushes_back_and_loses_nothing() {
     paused(async {
         let metrics = Metrics::new();
         let _recorder = metrics::set_default_local_recorder(&metrics.0);
-        let (good, bad) = (support::sink().await, support::sink().await);
-        bad.fail_for(503, Duration::from_secs(3600));
-        let arbiter = actix::Arbiter::current();
-        let healthy = start_loki_on(
-            &arbiter,
-            "outage-block-good".into(),
-            loki(&good, OnFull::Block, 64 << 20),
-        )
-        .unwrap();
-        let failing = start_loki_on(
-            &arbiter,
-            "outage-block-bad".into(),
-            loki(&bad, OnFull::Block, SMALL_BUFFER),
-        )
-        .unwrap();
-        let forwarder = Forwarder::new(vec![healthy, failing.clone()]).start();
+        let Outage {
+            good,
+            bad,
+            failing,
+            forwarder,
+        } = Outage::start("block", OnFull::Block).await;
         let (ack, mut acked) = acks();
         let s = stream(&[("app", "outage")], None);
 
