@@ -1,11 +1,11 @@
 //! Positions: where each target is, *acknowledged* (SPEC §4.4).
 //!
 //! A target's position moves past a line only when every receiver finished with it. Tailers
-//! register a [`TargetAcks`](crate::tail::acks::TargetAcks) here and it writes each new
+//! register a [`TargetAcks`] here and it writes each new
 //! acknowledged position into the shared [`PositionsTable`], directly from the receiver that
 //! finished the chunk last — so acknowledgements keep landing while the tailers are already
 //! stopped and the receivers flush at shutdown. A sync task ([`sync`]) writes the table through
-//! the backend ([`file`]) every `sync_period` and once more at shutdown.
+//! the backend ([`file`](mod@file)) every `sync_period` and once more at shutdown.
 //!
 //! Vanished targets are forgotten after `gc_after` ([`PositionsTable::gc`]): the registry reports
 //! which targets exist after every discovery set. A target absent from a report ages from that

@@ -2,7 +2,7 @@
 //!
 //! Each receiver has its own byte-bounded [`queue`] (so one slow Loki never delays another
 //! unless `on_full = "block"` says so), batches per tenant ([`batch`]), applies Loki's
-//! [`limits`], encodes protobuf + snappy ([`encode`]), pushes over HTTP ([`push`]) and follows
+//! [`limits`], encodes protobuf + snappy ([`encode`](mod@encode)), pushes over HTTP ([`push`]) and follows
 //! the pure retry policy ([`retry`]). When a batch is acknowledged (2xx) or dropped by policy,
 //! every chunk in it is finished, which is what moves the tailers' positions (SPEC §4.4).
 //! [`stdout`] is the `[stdout]` printer behind the same handle.

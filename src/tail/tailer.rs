@@ -1,6 +1,6 @@
 //! The tailer actor: a thin shell that owns one target's read loop (SPEC §2, §5).
 //!
-//! The loop ([`super::stream`]) runs as its own local task so that awaiting the forwarder (back
+//! The loop (`stream.rs`) runs as its own local task so that awaiting the forwarder (back
 //! pressure) never blocks the actor's mailbox: [`UpdateTarget`] and [`Drain`] reach the loop
 //! through watch channels at any time, and [`Stop`] aborts it. When the loop ends on its own
 //! (the container finished, the pod is gone, the drain completed) — or panics — the actor tells
