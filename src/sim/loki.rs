@@ -865,8 +865,10 @@ mod tests {
         let sink = LokiSink::start("127.0.0.1:0").await.expect("sink starts");
         // Long enough that the first push lands inside it even on a loaded machine.
         let window = Duration::from_secs(2);
-        sink.fail_for(503, window);
+        // The window opens between these two instants: bounds on both sides hold exactly.
         let started = Instant::now();
+        sink.fail_for(503, window);
+        let opened = Instant::now();
         let body = protobuf_body(&[(r#"{a="b"}"#, &[(ts(1, 0), "line")])]);
         // Retry until accepted, as a client would: the first answer falls inside the window.
         let mut statuses = Vec::new();
@@ -884,7 +886,7 @@ mod tests {
             requests
                 .iter()
                 .filter(|r| r.status == 503)
-                .all(|r| r.time < started + window),
+                .all(|r| r.time < opened + window),
             "no failure answered after the window"
         );
     }

@@ -20,6 +20,10 @@ pub mod loki;
 pub mod scenario;
 pub mod selector;
 
+mod history;
+mod pod;
+mod pod_spec;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
