@@ -447,3 +447,37 @@ async fn a_container_restarted_while_the_relay_was_down_is_resumed_exactly() {
         "the old instance's remainder first, then the new one"
     );
 }
+
+#[actix_rt::test]
+async fn start_from_end_skips_what_was_written_before_and_delivers_everything_after() {
+    let sim = support::sim().await;
+    let sink = support::sink().await;
+    sim.add_pod(
+        PodSpec::new("ns", "old")
+            .restart_policy(kube_log_relay::sim::RestartPolicy::OnFailure)
+            .container(kube_log_relay::sim::ContainerSpec::new("c").rate(50.0)),
+    );
+    sim.wait_written("ns", "old", "c", 100).await;
+    let text = support::base_config(&sim).replacen("[tail]\n", "[tail]\nstart_from = \"end\"\n", 1)
+        + &support::loki_table("a", &sink, "");
+    let relay = support::relay(&text).await;
+    support::eventually("lines written after the start arrive", || {
+        count(&sink, "old") >= 50
+    })
+    .await;
+    sim.exit_container("ns", "old", "c", 0);
+    support::all_finished(&relay, 1).await;
+    relay.shutdown().await;
+
+    let written = sim.written_lines("ns", "old", "c");
+    let received = support::lines_of(&sink.entries(), "ns", "old", "c");
+    // Nothing from the first 100 lines (written before the relay started); from the first line
+    // received on, every line once and in order, up to the container's end.
+    assert!(
+        received.iter().all(|l| seq_of(l) >= 100),
+        "an old line arrived: {:?}",
+        received.first()
+    );
+    let first = seq_of(&received[0]) as usize;
+    assert_eq!(received, written[first..].to_vec());
+}
