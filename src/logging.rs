@@ -75,22 +75,24 @@ pub static ERRORS: RateLimited = RateLimited::new(Duration::from_secs(10));
 
 /// Lets one log line per key through per period and counts the ones it holds back.
 ///
-/// Keys are short fixed words naming a kind of failure (`stream_failed`), never a target: the
-/// point is to bound the log whatever the number of targets.
-pub struct RateLimited {
+/// Keys name a kind of failure (`stream_failed`, or a pair such as `("pods", "watch")`), never
+/// a target: the point is to bound the log whatever the number of targets. The one limiter of
+/// the crate: [`ERRORS`] for the shared case, an instance of its own where a component wants its
+/// own period or its own clock ([`RateLimited::check_at`]).
+pub struct RateLimited<K: 'static = &'static str> {
     period: Duration,
-    keys: Mutex<Vec<KeyState>>,
+    keys: Mutex<Vec<KeyState<K>>>,
 }
 
-struct KeyState {
-    key: &'static str,
+struct KeyState<K> {
+    key: K,
     last: Instant,
     suppressed: u64,
 }
 
-impl RateLimited {
+impl<K: PartialEq> RateLimited<K> {
     /// A limiter letting one line per key through every `period`.
-    pub const fn new(period: Duration) -> RateLimited {
+    pub const fn new(period: Duration) -> RateLimited<K> {
         RateLimited {
             period,
             keys: Mutex::new(Vec::new()),
@@ -99,11 +101,13 @@ impl RateLimited {
 
     /// `Some(lines held back since the last one let through)` when a line of kind `key` may be
     /// logged now; `None` (and counted) when it must be held back.
-    pub fn check(&self, key: &'static str) -> Option<u64> {
+    pub fn check(&self, key: K) -> Option<u64> {
         self.check_at(key, Instant::now())
     }
 
-    fn check_at(&self, key: &'static str, now: Instant) -> Option<u64> {
+    /// [`RateLimited::check`] at `now` (tests, and components on tokio's paused clock pass
+    /// `tokio::time::Instant::now().into_std()`).
+    pub fn check_at(&self, key: K, now: Instant) -> Option<u64> {
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         // A handful of keys: a linear scan beats hashing.
         match keys.iter_mut().find(|k| k.key == key) {
@@ -115,7 +119,7 @@ impl RateLimited {
                 });
                 Some(0)
             }
-            Some(k) if now.duration_since(k.last) < self.period => {
+            Some(k) if now.saturating_duration_since(k.last) < self.period => {
                 k.suppressed += 1;
                 None
             }

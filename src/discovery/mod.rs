@@ -17,7 +17,7 @@ pub mod relabel;
 pub mod watch;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ::kube::api::Api;
 use ::kube::core::PartialObjectMeta;
@@ -30,7 +30,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::config::model::{DiscoveryConfig, RelabelRule, StaticTarget};
 use crate::target::SetTargets;
-use watch::{ErrorThrottle, WatchState, error_kind};
+use watch::{WatchState, error_kind};
+
+use crate::logging::RateLimited;
 
 /// The shortest interval between two target sets while changes keep coming.
 pub const COALESCE: Duration = Duration::from_millis(100);
@@ -73,7 +75,8 @@ pub struct Discovery {
     synced: bool,
     /// A send is scheduled within [`COALESCE`].
     flush_pending: bool,
-    throttle: ErrorThrottle,
+    /// One line per resource and error kind per [`ERROR_LOG_PERIOD`].
+    throttle: RateLimited<(&'static str, &'static str)>,
     /// The running watch streams, cancelled by [`Restart`].
     watches: Vec<SpawnHandle>,
 }
@@ -116,7 +119,7 @@ impl Discovery {
             registry: args.registry,
             synced: false,
             flush_pending: false,
-            throttle: ErrorThrottle::new(ERROR_LOG_PERIOD),
+            throttle: RateLimited::new(ERROR_LOG_PERIOD),
             watches: Vec::new(),
         }
     }
@@ -243,8 +246,7 @@ impl Discovery {
 
     fn watch_error(&mut self, resource: &'static str, e: &watcher::Error) {
         let kind = error_kind(e);
-        let key = format!("{resource}/{kind}");
-        if let Some(held) = self.throttle.check(&key, Instant::now()) {
+        if let Some(held) = self.throttle.check((resource, kind)) {
             tracing::warn!(
                 resource,
                 kind,
@@ -353,6 +355,7 @@ impl Handler<StopDiscovery> for Discovery {
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+    use std::time::Instant;
 
     use super::*;
     use crate::config::model::RelabelAction;

@@ -7,11 +7,11 @@
 //! managed fields, specs): only each container's discovery labels and their relabelled form,
 //! recomputed when the pod, its node's or namespace's metadata, or the rules change.
 //!
-//! [`ErrorThrottle`] keeps a failing watch (RBAC, network) from flooding the log (SPEC §8.4).
+//! A failing watch (RBAC, network) is kept from flooding the log by [`crate::logging::RateLimited`]
+//! keyed by resource and [`error_kind`] (SPEC §8.4).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use ::kube::runtime::watcher::{self, Event};
 use k8s_openapi::api::core::v1::Pod;
@@ -368,44 +368,6 @@ pub fn error_kind(e: &watcher::Error) -> &'static str {
     }
 }
 
-/// At most one log line per error kind per period; counts what it held back.
-#[derive(Debug)]
-pub struct ErrorThrottle {
-    period: Duration,
-    last: HashMap<String, (Instant, u64)>,
-}
-
-impl ErrorThrottle {
-    /// A throttle letting one line per kind through every `period`.
-    pub fn new(period: Duration) -> ErrorThrottle {
-        ErrorThrottle {
-            period,
-            last: HashMap::new(),
-        }
-    }
-
-    /// `Some(n)` when an error of `kind` seen at `now` should be logged, `n` being how many of
-    /// that kind were held back since the last line; `None` to stay quiet.
-    pub fn check(&mut self, kind: &str, now: Instant) -> Option<u64> {
-        match self.last.get_mut(kind) {
-            Some((at, held)) if now.saturating_duration_since(*at) < self.period => {
-                *held += 1;
-                None
-            }
-            Some((at, held)) => {
-                let n = *held;
-                *at = now;
-                *held = 0;
-                Some(n)
-            }
-            None => {
-                self.last.insert(kind.to_string(), (now, 0));
-                Some(0)
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,17 +558,5 @@ mod tests {
         s.reconfigure(Arc::new(default_rules()), &[statik]);
         assert_eq!(names(&s).len(), 5);
         assert!(names(&s).contains(&"x/y/z".to_string()));
-    }
-
-    #[test]
-    fn throttle_lets_one_line_per_kind_per_period() {
-        let mut t = ErrorThrottle::new(Duration::from_secs(30));
-        let t0 = Instant::now();
-        assert_eq!(t.check("list", t0), Some(0));
-        assert_eq!(t.check("list", t0 + Duration::from_secs(1)), None);
-        assert_eq!(t.check("watch", t0 + Duration::from_secs(2)), Some(0));
-        assert_eq!(t.check("list", t0 + Duration::from_secs(29)), None);
-        assert_eq!(t.check("list", t0 + Duration::from_secs(30)), Some(2));
-        assert_eq!(t.check("list", t0 + Duration::from_secs(31)), None);
     }
 }

@@ -41,6 +41,7 @@ use self::queue::{QueueReceiver, QueueSender, QueueStats, QueuedChunk};
 use self::retry::{Outcome, RetryDecision, RetryPolicy};
 use crate::chunk::Chunk;
 use crate::config::{LokiConfig, OnFull, StdoutConfig};
+use crate::logging::RateLimited;
 use crate::server::metrics::{self, SendDrop};
 
 /// Buffer of the `[stdout]` receiver, which has no `buffer_size` option.
@@ -274,25 +275,6 @@ struct AttemptFailed {
     tenant: Option<String>,
 }
 
-/// One log line per [`LOG_EVERY`], counting what it held back.
-#[derive(Default)]
-struct LogLimiter {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    /// `Some(lines held back since the last one)` when a line may be logged now.
-    fn allow(&mut self, now: Instant) -> Option<u64> {
-        if self.last.is_some_and(|t| now.duration_since(t) < LOG_EVERY) {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
-
 /// The Loki receiver actor.
 struct LokiReceiver {
     shared: Arc<Shared>,
@@ -308,9 +290,8 @@ struct LokiReceiver {
     last_error: Option<(jiff::Timestamp, String)>,
     sent_entries: u64,
     dropped_entries: u64,
-    drop_log: LogLimiter,
-    label_log: LogLimiter,
-    retry_log: LogLimiter,
+    /// One line per kind (`drop`, `labels`, `retry`) per [`LOG_EVERY`], on tokio's clock.
+    log: RateLimited,
 }
 
 impl Actor for LokiReceiver {
@@ -354,9 +335,7 @@ impl LokiReceiver {
             last_error: None,
             sent_entries: 0,
             dropped_entries: 0,
-            drop_log: LogLimiter::default(),
-            label_log: LogLimiter::default(),
-            retry_log: LogLimiter::default(),
+            log: RateLimited::new(LOG_EVERY),
         }
     }
 
@@ -412,7 +391,7 @@ impl LokiReceiver {
             BatchEnd::Dropped { reason, detail } => {
                 metrics::dropped(name, reason, sent.entries, sent.bytes);
                 self.dropped_entries += sent.entries;
-                if let Some(suppressed) = self.drop_log.allow(Instant::now()) {
+                if let Some(suppressed) = self.log.check_at("drop", Instant::now().into_std()) {
                     tracing::warn!(
                         receiver = %name,
                         tenant = batch.tenant.as_deref().unwrap_or(""),
@@ -448,7 +427,7 @@ impl LokiReceiver {
             }
         }
         if let Some((labels, problem)) = &built.label_problem
-            && let Some(suppressed) = self.label_log.allow(Instant::now())
+            && let Some(suppressed) = self.log.check_at("labels", Instant::now().into_std())
         {
             tracing::warn!(
                 receiver = %name,
@@ -546,7 +525,7 @@ impl StreamHandler<QueuedChunk> for LokiReceiver {
 impl Handler<AttemptFailed> for LokiReceiver {
     type Result = ();
     fn handle(&mut self, failed: AttemptFailed, _: &mut Context<Self>) {
-        if let Some(suppressed) = self.retry_log.allow(Instant::now()) {
+        if let Some(suppressed) = self.log.check_at("retry", Instant::now().into_std()) {
             tracing::warn!(
                 receiver = %self.shared.name,
                 tenant = failed.tenant.as_deref().unwrap_or(""),
@@ -716,17 +695,6 @@ mod tests {
         }
         got.sort_unstable();
         got
-    }
-
-    #[test]
-    fn log_limiter_allows_one_line_per_period_and_counts_the_rest() {
-        let t0 = tokio::time::Instant::now();
-        let mut l = LogLimiter::default();
-        assert_eq!(l.allow(t0), Some(0));
-        assert_eq!(l.allow(t0 + Duration::from_secs(1)), None);
-        assert_eq!(l.allow(t0 + Duration::from_secs(9)), None);
-        assert_eq!(l.allow(t0 + LOG_EVERY), Some(2));
-        assert_eq!(l.allow(t0 + LOG_EVERY), None);
     }
 
     #[actix::test]
