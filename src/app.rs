@@ -18,7 +18,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use tokio::sync::watch;
 
-use crate::config::{Config, ConfigErrors};
+use crate::config::Config;
 use crate::discovery::{self, Discovery, DiscoveryArgs, Reconfigure, Restart};
 use crate::forward::{Forwarder, SetReceivers, Shutdown};
 use crate::kube::KubeClientError;
@@ -26,8 +26,9 @@ use crate::positions::PositionsTable;
 use crate::positions::sync::{self, Backend, PositionsError};
 use crate::receiver::{self, ReceiverError, ReceiverHandle};
 use crate::registry::{Registry, RegistryArgs, SetClient, SetTailConfig, StopAll};
-use crate::reload::{self, ReceiverChange, STDOUT};
-use crate::server::{self, ServerError, ServerState, metrics};
+use crate::reload::{self, ReceiverChange, Reload, ReloadError, ReloadReport, STDOUT};
+use crate::server::{self, ServerError, ServerState};
+use crate::telemetry;
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +67,7 @@ impl Relay {
     /// Like [`Relay::start`], remembering the file the configuration came from for reloads.
     pub async fn start_with(config: Config, path: Option<PathBuf>) -> Result<Relay, StartError> {
         let config = Arc::new(config);
-        let metrics = metrics::install();
+        let metrics = telemetry::install();
         let listener = server::bind(&config.server.listen).await?;
         let client = crate::kube::build_client(&config.kubernetes).await?;
         // Positions first: a corrupt file must stop the start, before anything is read.
@@ -108,7 +109,7 @@ impl Relay {
             live: live.clone(),
         }
         .start();
-        metrics::config_loaded(true);
+        telemetry::config_loaded(true);
         let http = server::spawn(
             listener,
             ServerState {
@@ -240,26 +241,6 @@ async fn wait_for_signal() {
     }
 }
 
-/// Reload the configuration file (SIGHUP, `POST /-/reload`).
-#[derive(Message)]
-#[rtype(result = "Result<ReloadReport, ReloadError>")]
-pub struct Reload;
-
-/// What a reload changed, one line per change, for the log and the HTTP answer.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReloadReport(pub Vec<String>);
-
-/// Why a reload was refused; the configuration in force stays untouched.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("the relay was started without a configuration file; nothing to reload")]
-    NoFile,
-    #[error("invalid configuration, nothing changed:\n{0}")]
-    Invalid(ConfigErrors),
-    #[error("cannot apply the new configuration, nothing changed: {0}")]
-    Apply(String),
-}
-
 /// Owns what a reload replaces: the configuration in force, the client and the receivers.
 pub struct Controller {
     path: Option<PathBuf>,
@@ -311,12 +292,12 @@ impl Handler<Reload> for Controller {
                     act.receivers = applied.receivers;
                     act.live
                         .replace(applied.config, act.receivers.values().cloned().collect());
-                    metrics::config_loaded(true);
+                    telemetry::config_loaded(true);
                     tracing::info!(changes = ?applied.report.0, "configuration reloaded");
                     Ok(applied.report)
                 }
                 Err(e) => {
-                    metrics::config_loaded(false);
+                    telemetry::config_loaded(false);
                     tracing::error!("reload refused, the running configuration is kept: {e}");
                     Err(e)
                 }

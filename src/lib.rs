@@ -10,7 +10,7 @@
 //! - [`registry`] diffs each set against the running tailers by [`target::TargetId`]: it starts,
 //!   drains, or relabels in place.
 //! - [`tail`] runs one tailer per container: it follows `pods/log`, splits lines
-//!   ([`tail::line`]), keeps the exactly-once [`tail::cursor`], reconnects and decides termination.
+//!   ([`tail::line`]), keeps the exactly-once [`cursor`], reconnects and decides termination.
 //!   It sends [`chunk::Chunk`]s and awaits each send, so a full queue pushes back to the stream.
 //! - [`forward`] fans each chunk out to every receiver's bounded queue and routes
 //!   acknowledgements back to the tailers when every receiver is done with a chunk.
@@ -18,18 +18,23 @@
 //!   policy; one failing receiver never delays another unless `on_full = "block"` says so.
 //!
 //! - [`positions`] keeps each target's *acknowledged* cursor (SPEC §4.4): chunks carry an
-//!   acknowledgement back to their target's tracker, which moves the stored position only past
-//!   lines every receiver finished with; the file backend makes restarts exact.
+//!   acknowledgement back to their target's tracker ([`cursor::TargetAcks`]), which moves the
+//!   stored position only past lines every receiver finished with; the file backend makes
+//!   restarts exact.
 //!
-//! Around them: [`config`] (TOML, validated in one pass), [`kube`] (the API client),
-//! [`server`] (metrics, status pages), [`sim`] (the Kubernetes and Loki look-alike that tests,
-//! benchmarks and the demo run against), [`reload`] (what a new configuration changes) and
-//! [`app`] which wires it all together, reloads it and shuts it down in order.
+//! Leaves that everyone may use and that use nothing of ours above them: [`config`] (TOML,
+//! validated in one pass), [`telemetry`] (every metric, declared once), [`cursor`] (the
+//! exactly-once data shared by `tail` and `positions`), [`target`] and [`chunk`] (the data that
+//! flows). Around the flow: [`kube`] (the API client) and [`sim`] (the Kubernetes and Loki
+//! look-alike that tests, benchmarks and the demo run against). On top, the wiring: [`app`]
+//! builds the actor system and shuts it down in order, [`reload`] says what a new configuration
+//! changes, and [`server`] renders metrics and status pages (it never counts).
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod chunk;
 pub mod config;
+pub mod cursor;
 pub mod demo;
 pub mod discovery;
 pub mod forward;
@@ -44,3 +49,4 @@ pub mod server;
 pub mod sim;
 pub mod tail;
 pub mod target;
+pub mod telemetry;

@@ -13,13 +13,13 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use crate::config::TailConfig;
+use crate::cursor::TargetAcks;
 use crate::forward::Forward;
 use crate::positions::PositionsHandle;
-use crate::server::metrics;
-use crate::tail::acks::TargetAcks;
 use crate::tail::status::{TailerSnapshot, TailerStatus, TargetState};
 use crate::tail::{Drain, Stop, Tailer, TailerArgs, TailerFinished, UpdateClient, UpdateTarget};
 use crate::target::{LabelMap, RejectedTarget, SetTargets, Target, TargetId, TargetSet};
+use crate::telemetry;
 
 /// What changes between the known targets and a new complete set.
 #[derive(Debug, Default, PartialEq)]
@@ -107,7 +107,7 @@ impl Registry {
         }
         counts.insert("rejected", self.rejected.len());
         for (state, n) in counts {
-            metrics::targets(state, n);
+            telemetry::targets(state, n);
         }
     }
 }
@@ -118,12 +118,13 @@ fn new_acks(args: &RegistryArgs, target: &Target, status: &Arc<TailerStatus>) ->
     if let Some(p) = &stored {
         tracing::info!(target = %target.id, since = p.cursor.since, skip = p.cursor.skip, "resuming from the stored position");
     }
-    TargetAcks::new(
+    let acks = TargetAcks::new(
         target.id.clone(),
         stored,
-        Some(args.positions.clone()),
-        status.clone(),
-    )
+        vec![args.positions.clone(), status.clone()],
+    );
+    args.positions.register(&target.id, &acks);
+    acks
 }
 
 /// Starts a tailer where the target's previous one left off (after its last chunk sent), or

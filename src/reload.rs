@@ -15,7 +15,9 @@
 //! | `[server] log_level`               | applies at once                                            |
 //! | `[server]` listen/log_format, `[positions]`, `[clustering]` | need a restart: reported, the rest of the reload applies |
 
-use crate::config::{Config, RelabelRule};
+use actix::Message;
+
+use crate::config::{Config, ConfigErrors, RelabelRule};
 
 /// How one receiver differs between two configurations.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +109,26 @@ fn same_rules(a: &[RelabelRule], b: &[RelabelRule]) -> bool {
                 && x.replacement == y.replacement
                 && x.action == y.action
         })
+}
+
+/// Reload the configuration file (SIGHUP, `POST /-/reload`).
+#[derive(Message)]
+#[rtype(result = "Result<ReloadReport, ReloadError>")]
+pub struct Reload;
+
+/// What a reload changed, one line per change, for the log and the HTTP answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport(pub Vec<String>);
+
+/// Why a reload was refused; the configuration in force stays untouched.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the relay was started without a configuration file; nothing to reload")]
+    NoFile,
+    #[error("invalid configuration, nothing changed:\n{0}")]
+    Invalid(ConfigErrors),
+    #[error("cannot apply the new configuration, nothing changed: {0}")]
+    Apply(String),
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use http::{Method, Request, Response};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy::connect::HttpInfo;
 
-use crate::server::metrics;
+use crate::telemetry;
 
 /// The verb of a request, as `kube_log_relay_api_requests_total{verb}` names it: `log`, `watch`,
 /// `list`, `get`, `create`, `update`, `patch`, `delete`, or `other` — a fixed set, whatever
@@ -96,7 +96,7 @@ impl Connections {
         };
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         *open.entry(key).or_default() += 1;
-        metrics::api_connections(open.len());
+        telemetry::api_connections(open.len());
         ConnectionGuard {
             connections: self.clone(),
             key,
@@ -111,7 +111,7 @@ impl Connections {
                 open.remove(&key);
             }
         }
-        metrics::api_connections(open.len());
+        telemetry::api_connections(open.len());
     }
 
     #[cfg(test)]
@@ -177,7 +177,7 @@ where
         Box::pin(async move {
             match response.await {
                 Ok(response) => {
-                    metrics::api_request(verb, response.status().as_str());
+                    telemetry::api_request(verb, response.status().as_str());
                     let guard = connections.acquire(
                         response
                             .extensions()
@@ -190,7 +190,7 @@ where
                     }))
                 }
                 Err(e) => {
-                    metrics::api_request(verb, "error");
+                    telemetry::api_request(verb, "error");
                     Err(e)
                 }
             }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::server::metrics;
+use crate::telemetry;
 
 /// Tokens refilled at `qps` per second up to `burst`.
 #[derive(Debug)]
@@ -121,7 +121,7 @@ where
         let response = self.inner.call(req);
         Box::pin(async move {
             if !wait.is_zero() {
-                metrics::api_rate_limit_wait(wait);
+                telemetry::api_rate_limit_wait(wait);
                 tokio::time::sleep(wait).await;
             }
             response.await

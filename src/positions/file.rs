@@ -14,7 +14,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::Stored;
-use crate::tail::cursor::{Cursor, Position};
+use crate::cursor::{Cursor, Position};
 use crate::target::TargetId;
 
 /// The format version this build writes and reads.

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
-use crate::tail::acks::TargetAcks;
-use crate::tail::cursor::Position;
+use crate::cursor::Position;
+use crate::cursor::{AckListener, TargetAcks};
 use crate::target::TargetId;
 
 /// One stored position.
@@ -60,6 +60,14 @@ struct Entry {
 
 /// A shared handle on the table.
 pub type PositionsHandle = Arc<PositionsTable>;
+
+impl AckListener for PositionsTable {
+    fn acknowledged(&self, id: &TargetId, position: Option<&Position>, _in_flight: usize) {
+        if let Some(p) = position {
+            self.update(id, p.clone());
+        }
+    }
+}
 
 impl PositionsTable {
     /// A table holding `loaded` (from the backend), nothing dirty.
@@ -208,7 +216,7 @@ impl PositionsTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tail::cursor::Cursor;
+    use crate::cursor::Cursor;
 
     fn id(pod: &str) -> TargetId {
         TargetId {

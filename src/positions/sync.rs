@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::{PositionsTable, file};
 use crate::config::{PositionsBackend, PositionsConfig};
-use crate::server::metrics;
+use crate::telemetry;
 
 /// Where the table is written.
 #[derive(Clone, Debug)]
@@ -60,10 +60,10 @@ impl Backend {
             return;
         };
         match file::save(path, &entries) {
-            Ok(()) => metrics::position_write(),
+            Ok(()) => telemetry::position_write(),
             Err(e) => {
                 table.mark_dirty();
-                metrics::position_write_error();
+                telemetry::position_write_error();
                 tracing::error!(error = %e, "positions not saved; retrying at the next sync");
             }
         }
@@ -92,7 +92,7 @@ pub async fn run(
                 "forgot the positions of targets gone for longer than gc_after"
             );
         }
-        metrics::positions_lag(table.lag(Instant::now()));
+        telemetry::positions_lag(table.lag(Instant::now()));
         backend.sync(&table);
     }
     backend.sync(&table);

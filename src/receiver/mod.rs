@@ -42,7 +42,7 @@ use self::retry::{Outcome, RetryDecision, RetryPolicy};
 use crate::chunk::Chunk;
 use crate::config::{LokiConfig, OnFull, StdoutConfig};
 use crate::logging::RateLimited;
-use crate::server::metrics::{self, SendDrop};
+use crate::telemetry::{self, SendDrop};
 
 /// Buffer of the `[stdout]` receiver, which has no `buffer_size` option.
 const STDOUT_BUFFER: usize = 64 * 1024 * 1024;
@@ -299,7 +299,7 @@ impl Actor for LokiReceiver {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(Duration::from_secs(1), |act, _| {
-            metrics::receiver_queue_bytes(&act.shared.name, act.queue.queued_bytes());
+            telemetry::receiver_queue_bytes(&act.shared.name, act.queue.queued_bytes());
         });
     }
 }
@@ -381,15 +381,15 @@ impl LokiReceiver {
         let name = &self.shared.name;
         match end {
             BatchEnd::Sent => {
-                metrics::sent(name, sent.entries, sent.bytes);
+                telemetry::sent(name, sent.entries, sent.bytes);
                 self.sent_entries += sent.entries;
                 self.last_success = Some(jiff::Timestamp::now());
                 for item in &batch.chunks {
-                    metrics::propagation_latency(name, item.chunk.read_at.elapsed());
+                    telemetry::propagation_latency(name, item.chunk.read_at.elapsed());
                 }
             }
             BatchEnd::Dropped { reason, detail } => {
-                metrics::dropped(name, reason, sent.entries, sent.bytes);
+                telemetry::dropped(name, reason, sent.entries, sent.bytes);
                 self.dropped_entries += sent.entries;
                 if let Some(suppressed) = self.log.check_at("drop", Instant::now().into_std()) {
                     tracing::warn!(
@@ -411,7 +411,7 @@ impl LokiReceiver {
         }
         // Releases the batch's queue room.
         drop(batch);
-        metrics::receiver_queue_bytes(&self.shared.name, self.queue.queued_bytes());
+        telemetry::receiver_queue_bytes(&self.shared.name, self.queue.queued_bytes());
         self.dispatch(ctx);
     }
 
@@ -422,7 +422,7 @@ impl LokiReceiver {
             (SendDrop::LineTooLong, built.line_too_long),
         ] {
             if count.entries > 0 {
-                metrics::dropped(name, reason, count.entries, count.bytes);
+                telemetry::dropped(name, reason, count.entries, count.bytes);
                 self.dropped_entries += count.entries;
             }
         }
@@ -477,7 +477,7 @@ async fn send(shared: Arc<Shared>, batch: Batch, addr: Addr<LokiReceiver>) -> Ba
             .await;
         let (outcome, detail) = match result {
             Ok(answer) => {
-                metrics::request(
+                telemetry::request(
                     name,
                     &answer.status.to_string(),
                     started.elapsed(),
@@ -487,7 +487,7 @@ async fn send(shared: Arc<Shared>, batch: Batch, addr: Addr<LokiReceiver>) -> Ba
                 (Outcome::Status(answer.status, answer.retry_after), detail)
             }
             Err(e) => {
-                metrics::request(name, "error", started.elapsed(), body.len());
+                telemetry::request(name, "error", started.elapsed(), body.len());
                 (Outcome::Transport, e.to_string())
             }
         };
@@ -495,7 +495,7 @@ async fn send(shared: Arc<Shared>, batch: Batch, addr: Addr<LokiReceiver>) -> Ba
             RetryDecision::Ack => break BatchEnd::Sent,
             RetryDecision::Drop(reason) => break BatchEnd::Dropped { reason, detail },
             RetryDecision::RetryAfter(delay) => {
-                metrics::batch_retry(name);
+                telemetry::batch_retry(name);
                 addr.do_send(AttemptFailed {
                     detail,
                     delay,
@@ -550,7 +550,7 @@ impl Handler<Flush> for LokiReceiver {
 impl Handler<Stop> for LokiReceiver {
     type Result = ();
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
-        metrics::receiver_queue_bytes(&self.shared.name, 0);
+        telemetry::receiver_queue_bytes(&self.shared.name, 0);
         ctx.stop();
     }
 }

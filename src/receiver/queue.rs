@@ -26,7 +26,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::chunk::Chunk;
 use crate::config::OnFull;
-use crate::server::metrics::{self, SendDrop};
+use crate::telemetry::{self, SendDrop};
 
 /// Creates a queue of `buffer_size` bytes for receiver `name`.
 pub fn channel(
@@ -78,7 +78,7 @@ impl Shared {
     fn release(&self, chunk: &Chunk) {
         let entries = chunk.entries.len() as u64;
         self.dropped_entries.fetch_add(entries, Ordering::Relaxed);
-        metrics::dropped(
+        telemetry::dropped(
             &self.name,
             SendDrop::ReceiverRemoved,
             entries,
@@ -129,7 +129,7 @@ impl QueueSender {
                 Some(Err(TryAcquireError::NoPermits)) => {
                     let entries = chunk.entries.len() as u64;
                     shared.dropped_entries.fetch_add(entries, Ordering::Relaxed);
-                    metrics::dropped(
+                    telemetry::dropped(
                         &shared.name,
                         SendDrop::QueueFull,
                         entries,

@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use crate::config::LokiConfig;
-use crate::server::metrics::SendDrop;
+use crate::telemetry::SendDrop;
 
 /// What came back from one push attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use super::queue::{QueueStats, QueuedChunk};
 use super::{Flush, GetStatus, ReceiverStatus, Stop};
 use crate::chunk::Chunk;
 use crate::config::LogFormat;
-use crate::server::metrics;
+use crate::telemetry;
 
 /// Name of the stdout receiver in metrics and status.
 pub const NAME: &str = "stdout";
@@ -74,8 +74,8 @@ impl StreamHandler<QueuedChunk> for StdoutReceiver {
         }
         let chunk = &item.chunk;
         self.sent_entries += chunk.entries.len() as u64;
-        metrics::sent(NAME, chunk.entries.len() as u64, chunk.bytes as u64);
-        metrics::propagation_latency(NAME, chunk.read_at.elapsed());
+        telemetry::sent(NAME, chunk.entries.len() as u64, chunk.bytes as u64);
+        telemetry::propagation_latency(NAME, chunk.read_at.elapsed());
         item.finish();
     }
 

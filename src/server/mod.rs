@@ -16,7 +16,6 @@
 //! [`router`].
 
 pub mod config_view;
-pub mod metrics;
 pub mod page;
 pub mod process;
 
@@ -32,6 +31,8 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use futures::future::join_all;
 use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::telemetry;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
@@ -55,7 +56,7 @@ pub struct ServerState {
     /// The configuration and receivers in force, replaced by a reload.
     pub live: Live,
     /// Where `POST /-/reload` goes; `None` refuses reloads.
-    pub reload: Option<actix::Recipient<crate::app::Reload>>,
+    pub reload: Option<actix::Recipient<crate::reload::Reload>>,
 }
 
 /// The configuration in force and the receivers built from it, shared with whoever reloads.
@@ -72,7 +73,7 @@ impl Running {
     /// A generation; registers its receivers' metrics at zero so they show before traffic.
     fn new(config: Arc<Config>, receivers: Vec<ReceiverHandle>) -> Arc<Running> {
         for r in &receivers {
-            metrics::register_receiver(r.name());
+            telemetry::register_receiver(r.name());
         }
         Arc::new(Running { config, receivers })
     }
@@ -221,12 +222,12 @@ async fn reload(State(state): State<ServerState>) -> Response {
     let Some(reload) = state.reload.clone() else {
         return text(StatusCode::BAD_REQUEST, "reload is not available\n".into());
     };
-    match reload.send(crate::app::Reload).await {
+    match reload.send(crate::reload::Reload).await {
         Ok(Ok(report)) => text(
             StatusCode::OK,
             format!("reloaded:\n{}\n", report.0.join("\n")),
         ),
-        Ok(Err(e @ crate::app::ReloadError::Apply(_))) => {
+        Ok(Err(e @ crate::reload::ReloadError::Apply(_))) => {
             text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))
         }
         Ok(Err(e)) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),

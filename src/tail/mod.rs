@@ -1,12 +1,11 @@
 //! The tailer: one actor per container following `pods/log` (SPEC §5).
 //!
 //! The actor ([`tailer`]) is a thin shell around the read loop (`stream`), which drives plain,
-//! tested pieces: [`line`](mod@line) (splitting and timestamps, §5.2), [`cursor`] (exactly-once resume,
-//! §5.3), [`request`] (request parameters, §5.1), [`termination`] (what follows a stream's end,
-//! §5.4–5.5), [`backoff`] (reconnect delays) and [`acks`] (the acknowledged position, §4.4).
-pub mod acks;
+//! tested pieces: [`line`](mod@line) (splitting and timestamps, §5.2), [`crate::cursor`]
+//! (exactly-once resume, §5.3, and the acknowledged position, §4.4), [`request`] (request
+//! parameters, §5.1), [`termination`] (what follows a stream's end, §5.4–5.5) and [`backoff`]
+//! (reconnect delays).
 pub mod backoff;
-pub mod cursor;
 pub mod line;
 pub mod request;
 pub mod status;

@@ -19,8 +19,8 @@
 use jiff::Timestamp;
 use kube::api::LogParams;
 
-use super::cursor::Cursor;
 use crate::config::model::StartFrom;
+use crate::cursor::Cursor;
 
 /// Which log a stream reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

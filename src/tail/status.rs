@@ -8,6 +8,9 @@ use std::sync::Mutex;
 use jiff::Timestamp;
 use serde::Serialize;
 
+use crate::cursor::{AckListener, Position};
+use crate::target::TargetId;
+
 /// A target's life cycle state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -50,7 +53,7 @@ pub struct TailerSnapshot {
     pub cursor_skip: u64,
     pub container_id: Option<String>,
     /// The position every receiver acknowledged (what positions persist, SPEC §4.4).
-    pub acknowledged: Option<crate::tail::cursor::Position>,
+    pub acknowledged: Option<Position>,
     /// Chunks sent and not yet acknowledged.
     pub chunks_in_flight: usize,
     pub lines: u64,
@@ -71,5 +74,18 @@ impl TailerStatus {
     /// Changes the status in place.
     pub fn update(&self, f: impl FnOnce(&mut TailerSnapshot)) {
         f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl AckListener for TailerStatus {
+    fn acknowledged(&self, _id: &TargetId, position: Option<&Position>, in_flight: usize) {
+        self.update(|s| {
+            s.acknowledged = position.cloned();
+            s.chunks_in_flight = in_flight;
+        });
+    }
+
+    fn in_flight(&self, _id: &TargetId, in_flight: usize) {
+        self.update(|s| s.chunks_in_flight = in_flight);
     }
 }

@@ -27,18 +27,18 @@ use kube::Api;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::acks::TargetAcks;
 use super::backoff::Backoff;
-use super::cursor::{Admit, Position, ReadCursor};
 use super::line::{self, LineSplitter};
 use super::request::{self, Read};
 use super::status::{TailerStatus, TargetState};
 use super::termination::{self, FinishReason, Termination};
 use crate::chunk::{AckSender, Chunk, Entry};
 use crate::config::model::{OnLongLine, TailConfig};
+use crate::cursor::TargetAcks;
+use crate::cursor::{Admit, Position, ReadCursor};
 use crate::forward::Forward;
-use crate::server::metrics::{self, LineDrop};
 use crate::target::{Target, TargetId};
+use crate::telemetry::{self, LineDrop};
 
 /// Upper bound of a chunk's line bytes, whatever `chunk_lines` says: keeps one message (and one
 /// receiver's batch growth) bounded when lines are long.
@@ -295,7 +295,7 @@ impl Tail {
                 }
             },
             End::Failed(err) => {
-                metrics::stream_error(err.kind());
+                telemetry::stream_error(err.kind());
                 let message = err.to_string();
                 self.args
                     .status
@@ -338,7 +338,7 @@ impl Tail {
         if let Some(new_id) = self.restarted_to.take() {
             self.container_id = Some(new_id);
         }
-        self.cursor = ReadCursor::new(super::cursor::Cursor::BEGINNING);
+        self.cursor = ReadCursor::new(crate::cursor::Cursor::BEGINNING);
         self.args
             .status
             .update(|s| s.container_id = self.container_id.as_deref().map(str::to_string));
@@ -360,7 +360,7 @@ impl Tail {
                 if let Some(suppressed) = crate::logging::ERRORS.check("pod_fetch_failed") {
                     tracing::warn!(target = %self.args.id, suppressed, "cannot fetch the pod: {e}; retrying in {delay:.1?}");
                 }
-                metrics::stream_error("pod");
+                telemetry::stream_error("pod");
                 return Step::Sleep(delay, TargetState::Backoff);
             }
         };
@@ -431,7 +431,7 @@ impl Tail {
             Err(_) => return End::Failed(StreamError::Timeout(OPEN_TIMEOUT)),
         };
         let mut reader = pin!(reader);
-        metrics::stream_opened();
+        telemetry::stream_opened();
         if read == Read::Follow && !self.serves_our_instance(&api).await {
             return End::InstanceChanged;
         }
@@ -585,7 +585,7 @@ impl Tail {
             return false;
         }
         if parsed.timestamp.is_none() {
-            metrics::line_without_timestamp();
+            telemetry::line_without_timestamp();
         } else {
             *last_second = Some(second);
         }
@@ -593,12 +593,12 @@ impl Tail {
         let text = if l.truncated || parsed.text.len() > max {
             match self.args.config.on_long_line {
                 OnLongLine::Drop => {
-                    metrics::lines_dropped(LineDrop::TooLong, 1);
+                    telemetry::lines_dropped(LineDrop::TooLong, 1);
                     self.pending.dropped = true;
                     return true;
                 }
                 OnLongLine::Truncate => {
-                    metrics::line_truncated();
+                    telemetry::line_truncated();
                     line::truncate_utf8(&parsed.text, max)
                 }
             }
@@ -645,7 +645,7 @@ impl Tail {
             Some(self.acks.clone() as AckSender),
         );
         self.acks.sent(seq, position.clone(), pending.read_at);
-        metrics::lines_read(lines, bytes);
+        telemetry::lines_read(lines, bytes);
         self.args.status.update(|s| {
             s.lines += lines;
             s.bytes += bytes;

@@ -13,11 +13,11 @@ use actix::prelude::*;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use super::acks::TargetAcks;
-use super::cursor::Position;
 use super::status::{TailerStatus, TargetState};
 use super::stream::ReadLoop;
 use crate::config::model::TailConfig;
+use crate::cursor::Position;
+use crate::cursor::TargetAcks;
 use crate::forward::Forward;
 use crate::target::{Target, TargetId};
 
@@ -297,7 +297,7 @@ mod tests {
                 status: status.clone(),
                 registry: registry.recipient(),
                 start: None,
-                acks: TargetAcks::new(id.clone(), None, None, status.clone()),
+                acks: TargetAcks::new(id.clone(), None, vec![status.clone()]),
             });
             Harness {
                 id,
@@ -397,7 +397,7 @@ mod tests {
         let acked = snapshot.acknowledged.expect("an acknowledged position");
         assert_eq!(
             acked.cursor,
-            super::super::cursor::Cursor {
+            crate::cursor::Cursor {
                 since: snapshot.cursor_since.unwrap().as_second(),
                 skip: snapshot.cursor_skip
             }

@@ -1,6 +1,7 @@
-//! Every metric the relay exports, declared once (SPEC §8.2).
+//! Every metric the relay exports, declared once (SPEC §8.2): a leaf that imports nothing of ours;
+//! `server` only renders what it records.
 //!
-//! Call sites name an event (`metrics::lines_read(n, bytes)`), never a metric string, so the
+//! Call sites name an event (`telemetry::lines_read(n, bytes)`), never a metric string, so the
 //! names, labels and help texts below are the whole contract and README's metrics table mirrors
 //! this file. Label values are bounded: reasons, kinds and receiver names, never target names.
 

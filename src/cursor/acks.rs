@@ -10,10 +10,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::cursor::Position;
-use super::status::TailerStatus;
+use super::read::Position;
 use crate::chunk::Acknowledge;
-use crate::positions::PositionsHandle;
 use crate::target::TargetId;
 
 /// Pending chunks and the acknowledged position; `P` is the position type (a cursor plus the
@@ -87,18 +85,28 @@ impl<P: Clone> AckTracker<P> {
     }
 }
 
+/// Told when a target's acknowledgement state changes: the positions table persists the
+/// acknowledged position, the tailer's status shows it. Called from the receivers' threads,
+/// without the tracker's lock held.
+pub trait AckListener: Send + Sync + std::fmt::Debug {
+    /// The acknowledged position moved to `position`; `in_flight` chunks are still pending.
+    fn acknowledged(&self, id: &TargetId, position: Option<&Position>, in_flight: usize);
+
+    /// A chunk left; `in_flight` chunks are now pending.
+    fn in_flight(&self, _id: &TargetId, _in_flight: usize) {}
+}
+
 /// The acknowledgement side of one tailer, shared with the chunks it sends (SPEC §4.4).
 ///
 /// Receivers call [`Acknowledge::acknowledge`] on it from their own thread; it advances the
-/// [`AckTracker`], and when the acknowledged position moves, writes it to the positions table
-/// and the tailer's status. It outlives the read loop, so acknowledgements that arrive after the
-/// tailer stopped (receivers flushing at shutdown) still move the stored position.
+/// [`AckTracker`], and when the acknowledged position moves, tells its [`AckListener`]s. It
+/// outlives the read loop, so acknowledgements that arrive after the tailer stopped (receivers
+/// flushing at shutdown) still move the stored position.
 #[derive(Debug)]
 pub struct TargetAcks {
     id: TargetId,
     tracker: Mutex<Tracked>,
-    positions: Option<PositionsHandle>,
-    status: Arc<TailerStatus>,
+    listeners: Vec<Arc<dyn AckListener>>,
 }
 
 #[derive(Debug)]
@@ -111,27 +119,27 @@ struct Tracked {
 }
 
 impl TargetAcks {
-    /// A tracker for `id` starting at `start` (its stored position, if any).
+    /// A tracker for `id` starting at `start` (its stored position, if any), telling
+    /// `listeners` of every change.
     pub fn new(
         id: TargetId,
         start: Option<Position>,
-        positions: Option<PositionsHandle>,
-        status: Arc<TailerStatus>,
+        listeners: Vec<Arc<dyn AckListener>>,
     ) -> Arc<TargetAcks> {
-        let acks = Arc::new(TargetAcks {
+        Arc::new(TargetAcks {
             id,
             tracker: Mutex::new(Tracked {
                 tracker: AckTracker::new(start),
                 last_seq: 0,
                 read_at: VecDeque::new(),
             }),
-            positions,
-            status,
-        });
-        if let Some(p) = &acks.positions {
-            p.register(&acks.id, &acks);
-        }
-        acks
+            listeners,
+        })
+    }
+
+    /// The target this tracker belongs to.
+    pub fn id(&self) -> &TargetId {
+        &self.id
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tracked> {
@@ -159,7 +167,9 @@ impl TargetAcks {
         t.read_at.push_back((seq, read_at));
         let in_flight = t.tracker.in_flight();
         drop(t);
-        self.status.update(|s| s.chunks_in_flight = in_flight);
+        for l in &self.listeners {
+            l.in_flight(&self.id, in_flight);
+        }
     }
 
     /// The position moved without a chunk (lines skipped or dropped by policy).
@@ -182,14 +192,10 @@ impl TargetAcks {
     }
 
     fn publish(&self, acknowledged: Option<Position>) {
-        if let (Some(p), Some(pos)) = (&self.positions, &acknowledged) {
-            p.update(&self.id, pos.clone());
-        }
         let in_flight = self.lock().tracker.in_flight();
-        self.status.update(|s| {
-            s.acknowledged = acknowledged;
-            s.chunks_in_flight = in_flight;
-        });
+        for l in &self.listeners {
+            l.acknowledged(&self.id, acknowledged.as_ref(), in_flight);
+        }
     }
 }
 
