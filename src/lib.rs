@@ -41,6 +41,7 @@ pub mod forward;
 pub mod kube;
 pub mod logging;
 pub mod logproto;
+pub mod net;
 pub mod positions;
 pub mod receiver;
 pub mod registry;

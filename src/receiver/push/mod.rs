@@ -66,15 +66,8 @@ pub enum ClientError {
     ServerName(String),
     #[error("tls_config: cert and key must be given together")]
     CertWithoutKey,
-    #[error(
-        "proxy {url:?}: only http:// proxies are supported (https Lokis are still reached with \
-         TLS end to end, through a CONNECT tunnel)"
-    )]
-    ProxyScheme { url: String },
-    #[error("proxy {url:?} is not a valid URL (expected http://[user:password@]host:port)")]
-    ProxyUrl { url: String },
-    #[error("proxy_connect_header {name:?}: {reason}")]
-    ProxyHeader { name: String, reason: String },
+    #[error(transparent)]
+    Proxy(#[from] proxy::ProxyError),
 }
 
 /// Why one push attempt got no HTTP answer.
