@@ -19,7 +19,9 @@
 
 pub mod config;
 pub mod instrument;
+pub mod pool;
 pub mod ratelimit;
+pub mod redirect;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -32,9 +34,14 @@ use http::HeaderValue;
 
 pub use config::client_config;
 pub use instrument::Instrument;
+pub use pool::Pool;
 pub use ratelimit::RateLimit;
+pub use redirect::FollowRedirects;
 
-use crate::config::{Auth, KubernetesConfig};
+use ::kube::client::ConfigExt as _;
+
+use crate::config::{Auth, KubernetesConfig, ProxyConfig, ProxyMode, TlsVersion};
+use crate::net::proxy::Route;
 
 /// Why the Kubernetes client could not be built; each message names the setting to fix.
 #[derive(Debug, thiserror::Error)]
@@ -71,10 +78,6 @@ pub enum KubeClientError {
     #[error("kubernetes.tls_config.server_name: {name:?} is not a valid server name: {reason}")]
     ServerName { name: String, reason: String },
     #[error(
-        "kubernetes.tls_config.min_version: \"TLS13\" is not supported yet for the Kubernetes client (it offers TLS 1.2 and 1.3); remove it or set \"TLS12\""
-    )]
-    MinVersionTls13,
-    #[error(
         "kubernetes.{field}: the path {path:?} is not valid UTF-8; move the file to a UTF-8 path"
     )]
     NonUtf8Path { field: &'static str, path: PathBuf },
@@ -91,27 +94,88 @@ pub enum KubeClientError {
         path: PathBuf,
         reason: String,
     },
-    #[error(
-        "cannot build the Kubernetes client: {0} (check kubernetes.tls_config and the credentials)"
-    )]
+    #[error("cannot build the Kubernetes client (check kubernetes.tls_config and the credentials)")]
     Client(#[source] ::kube::Error),
+    #[error("kubernetes.proxy_url")]
+    Proxy(#[source] crate::net::proxy::ProxyError),
 }
 
-/// Builds the client every API call of the relay goes through.
+/// Builds the client every API call of the relay goes through: our [`Pool`] at the bottom,
+/// kube's base URI, kubeconfig credential and header layers above it, then ours.
 pub async fn build_client(cfg: &KubernetesConfig) -> Result<::kube::Client, KubeClientError> {
+    Ok(build_client_with_pool(cfg).await?.0)
+}
+
+/// [`build_client`], also returning its pool (for the status page).
+pub async fn build_client_with_pool(
+    cfg: &KubernetesConfig,
+) -> Result<(::kube::Client, Pool), KubeClientError> {
     let config = client_config(cfg)?;
-    let builder = ClientBuilder::try_from(config).map_err(KubeClientError::Client)?;
+    let pool = pool_for(cfg, &config)?;
+    let default_ns = config.default_namespace.clone();
+    let stack = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer().map_err(KubeClientError::Client)?)
+        .layer(
+            config
+                .extra_headers_layer()
+                .map_err(KubeClientError::Client)?,
+        )
+        .layer(FollowRedirects::new(cfg.follow_redirects))
+        .service(pool.clone());
+    let builder = ClientBuilder::new(stack, default_ns);
     let instrument = Instrument::default();
     // Outermost: a request waits for its token before anything else happens to it.
     let limit = RateLimit::new(cfg.qps, cfg.burst);
-    Ok(match FileCredential::from_auth(&cfg.auth)? {
+    let client = match FileCredential::from_auth(&cfg.auth)? {
         Some(credential) => builder
             .with_layer(&credential)
             .with_layer(&instrument)
             .with_layer(&limit)
             .build(),
         None => builder.with_layer(&instrument).with_layer(&limit).build(),
-    })
+    };
+    Ok((client, pool))
+}
+
+/// The pool for `config`'s API server: TLS from kube's configuration (kubeconfig, in-cluster CA
+/// that re-reads itself, client identity), the proxy from `[kubernetes]` or else the
+/// kubeconfig's `proxy-url`.
+fn pool_for(cfg: &KubernetesConfig, config: &::kube::Config) -> Result<Pool, KubeClientError> {
+    let tls = config
+        .rustls_client_config()
+        .map_err(KubeClientError::Client)?;
+    let server_name = match &config.tls_server_name {
+        Some(name) => Some(
+            rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
+                KubeClientError::ServerName {
+                    name: name.clone(),
+                    reason: e.to_string(),
+                }
+            })?,
+        ),
+        None => None,
+    };
+    let proxy = match (&cfg.proxy.mode, &config.proxy_url) {
+        (ProxyMode::Direct, Some(url)) => ProxyConfig {
+            mode: ProxyMode::Url(url.to_string()),
+            ..ProxyConfig::default()
+        },
+        _ => cfg.proxy.clone(),
+    };
+    let route = Route::new(&config.cluster_url, &proxy).map_err(KubeClientError::Proxy)?;
+    let connector = pool::Connector::new(
+        route,
+        tls,
+        server_name,
+        cfg.enable_http2,
+        cfg.tls.min_version == Some(TlsVersion::Tls13),
+    );
+    Ok(Pool::new(
+        config.cluster_url.clone(),
+        connector,
+        cfg.max_streams_per_connection as usize,
+    ))
 }
 
 /// An `Authorization` header built from a credential file (`bearer_token_file`,
