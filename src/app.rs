@@ -69,7 +69,8 @@ impl Relay {
         let config = Arc::new(config);
         let metrics = telemetry::install();
         let listener = server::bind(&config.server.listen).await?;
-        let client = crate::kube::build_client(&config.kubernetes).await?;
+        let api = crate::kube::build_api(&config.kubernetes).await?;
+        let client = api.client.clone();
         // Positions first: a corrupt file must stop the start, before anything is read.
         let backend = Backend::from_config(&config.positions)?;
         let positions = Arc::new(backend.load()?);
@@ -94,11 +95,11 @@ impl Relay {
         })
         .start();
         let discovery = discovery::start(discovery_args(&config, &client, &registry));
-        let live = server::Live::new(config.clone(), receivers.clone());
+        let live = server::Live::new(config.clone(), receivers.clone(), Some(api.pool.clone()));
         let controller = Controller {
             path,
             config: config.clone(),
-            client,
+            api,
             receivers: receivers
                 .into_iter()
                 .map(|r| (r.name().to_string(), r))
@@ -245,7 +246,7 @@ async fn wait_for_signal() {
 pub struct Controller {
     path: Option<PathBuf>,
     config: Arc<Config>,
-    client: kube::Client,
+    api: crate::kube::Api,
     /// By name; `[stdout]` is named `stdout`.
     receivers: BTreeMap<String, ReceiverHandle>,
     discovery: Addr<Discovery>,
@@ -261,7 +262,7 @@ impl Actor for Controller {
 /// What a successful reload puts in force.
 struct Applied {
     config: Arc<Config>,
-    client: kube::Client,
+    api: crate::kube::Api,
     receivers: BTreeMap<String, ReceiverHandle>,
     report: ReloadReport,
 }
@@ -272,7 +273,7 @@ impl Handler<Reload> for Controller {
     fn handle(&mut self, _: Reload, _: &mut Context<Self>) -> Self::Result {
         let path = self.path.clone();
         let old = self.config.clone();
-        let client = self.client.clone();
+        let api = self.api.clone();
         let receivers = self.receivers.clone();
         let (discovery, registry, forwarder) = (
             self.discovery.clone(),
@@ -282,16 +283,19 @@ impl Handler<Reload> for Controller {
         let work = async move {
             let path = path.ok_or(ReloadError::NoFile)?;
             let new = crate::config::load(&path).map_err(ReloadError::Invalid)?;
-            apply(old, new, client, receivers, discovery, registry, forwarder).await
+            apply(old, new, api, receivers, discovery, registry, forwarder).await
         };
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
             |result, act, _| match result {
                 Ok(applied) => {
                     act.config = applied.config.clone();
-                    act.client = applied.client;
                     act.receivers = applied.receivers;
-                    act.live
-                        .replace(applied.config, act.receivers.values().cloned().collect());
+                    act.live.replace(
+                        applied.config,
+                        act.receivers.values().cloned().collect(),
+                        Some(applied.api.pool.clone()),
+                    );
+                    act.api = applied.api;
                     telemetry::config_loaded(true);
                     tracing::info!(changes = ?applied.report.0, "configuration reloaded");
                     Ok(applied.report)
@@ -311,7 +315,7 @@ impl Handler<Reload> for Controller {
 async fn apply(
     old: Arc<Config>,
     new: Config,
-    client: kube::Client,
+    api: crate::kube::Api,
     mut receivers: BTreeMap<String, ReceiverHandle>,
     discovery: Addr<Discovery>,
     registry: Addr<Registry>,
@@ -323,18 +327,19 @@ async fn apply(
     if plan.is_empty() {
         return Ok(Applied {
             config: new,
-            client,
+            api,
             receivers,
             report: ReloadReport(vec!["no change".into()]),
         });
     }
-    let client = if plan.kubernetes {
-        crate::kube::build_client(&new.kubernetes)
+    let api = if plan.kubernetes {
+        crate::kube::build_api(&new.kubernetes)
             .await
             .map_err(|e| ReloadError::Apply(format!("kubernetes client: {e}")))?
     } else {
-        client
+        api
     };
+    let client = api.client.clone();
     // Build new and changed receivers first: a failure leaves everything as it was.
     let mut started: BTreeMap<String, ReceiverHandle> = BTreeMap::new();
     for change in &plan.receivers {
@@ -434,7 +439,7 @@ async fn apply(
     }
     Ok(Applied {
         config: new,
-        client,
+        api,
         receivers,
         report: ReloadReport(report),
     })

@@ -103,13 +103,18 @@ pub enum KubeClientError {
 /// Builds the client every API call of the relay goes through: our [`Pool`] at the bottom,
 /// kube's base URI, kubeconfig credential and header layers above it, then ours.
 pub async fn build_client(cfg: &KubernetesConfig) -> Result<::kube::Client, KubeClientError> {
-    Ok(build_client_with_pool(cfg).await?.0)
+    Ok(build_api(cfg).await?.client)
 }
 
-/// [`build_client`], also returning its pool (for the status page).
-pub async fn build_client_with_pool(
-    cfg: &KubernetesConfig,
-) -> Result<(::kube::Client, Pool), KubeClientError> {
+/// A Kubernetes client and the pool of connections under it (the status page shows them).
+#[derive(Clone)]
+pub struct Api {
+    pub client: ::kube::Client,
+    pub pool: Pool,
+}
+
+/// [`build_client`], also returning its pool.
+pub async fn build_api(cfg: &KubernetesConfig) -> Result<Api, KubeClientError> {
     let config = client_config(cfg)?;
     let pool = pool_for(cfg, &config)?;
     let default_ns = config.default_namespace.clone();
@@ -135,7 +140,7 @@ pub async fn build_client_with_pool(
             .build(),
         None => builder.with_layer(&instrument).with_layer(&limit).build(),
     };
-    Ok((client, pool))
+    Ok(Api { client, pool })
 }
 
 /// The pool for `config`'s API server: TLS from kube's configuration (kubeconfig, in-cluster CA

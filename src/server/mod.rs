@@ -32,6 +32,7 @@ use axum::routing::get;
 use futures::future::join_all;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::kube::Pool;
 use crate::telemetry;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -67,27 +68,37 @@ pub struct Live(Arc<RwLock<Arc<Running>>>);
 pub struct Running {
     pub config: Arc<Config>,
     pub receivers: Vec<ReceiverHandle>,
+    /// The Kubernetes client's connection pool.
+    pub pool: Option<Pool>,
 }
 
 impl Running {
     /// A generation; registers its receivers' metrics at zero so they show before traffic.
-    fn new(config: Arc<Config>, receivers: Vec<ReceiverHandle>) -> Arc<Running> {
+    fn new(
+        config: Arc<Config>,
+        receivers: Vec<ReceiverHandle>,
+        pool: Option<Pool>,
+    ) -> Arc<Running> {
         for r in &receivers {
             telemetry::register_receiver(r.name());
         }
-        Arc::new(Running { config, receivers })
+        Arc::new(Running {
+            config,
+            receivers,
+            pool,
+        })
     }
 }
 
 impl Live {
     /// The first generation: the configuration the relay started with and its receivers.
-    pub fn new(config: Arc<Config>, receivers: Vec<ReceiverHandle>) -> Live {
-        Live(Arc::new(RwLock::new(Running::new(config, receivers))))
+    pub fn new(config: Arc<Config>, receivers: Vec<ReceiverHandle>, pool: Option<Pool>) -> Live {
+        Live(Arc::new(RwLock::new(Running::new(config, receivers, pool))))
     }
 
-    /// Puts a new configuration and its receivers in force (reload).
-    pub fn replace(&self, config: Arc<Config>, receivers: Vec<ReceiverHandle>) {
-        let next = Running::new(config, receivers);
+    /// Puts a new configuration, its receivers and its client's pool in force (reload).
+    pub fn replace(&self, config: Arc<Config>, receivers: Vec<ReceiverHandle>, pool: Option<Pool>) {
+        let next = Running::new(config, receivers, pool);
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = next;
     }
 
@@ -350,6 +361,7 @@ async fn status_page(
         filter: &filter.normalized(),
         receivers: &receivers,
         clustering: &running.config.clustering,
+        connections: &running.pool.as_ref().map(Pool::stats).unwrap_or_default(),
         now: jiff::Timestamp::now(),
     }))
     .into_response()

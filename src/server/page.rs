@@ -13,6 +13,7 @@ use jiff::Timestamp;
 
 use super::{ReceiverView, TargetFilter, namespace_of};
 use crate::config::ClusteringConfig;
+use crate::kube::pool::ConnectionStats;
 use crate::registry::TargetView;
 
 /// Every state a target can be in, in the order the page lists them.
@@ -32,6 +33,8 @@ pub struct PageData<'a> {
     pub filter: &'a TargetFilter,
     pub receivers: &'a [ReceiverView],
     pub clustering: &'a ClusteringConfig,
+    /// The Kubernetes client's pooled connections (SPEC §4.1).
+    pub connections: &'a [ConnectionStats],
     /// The time "ago" values are measured from.
     pub now: Timestamp,
 }
@@ -115,6 +118,7 @@ pub fn render(data: &PageData<'_>) -> String {
     );
     summary(&mut out, data);
     receivers(&mut out, data);
+    connections(&mut out, data);
     cluster(&mut out, data);
     targets(&mut out, data);
     out.push_str(
@@ -180,6 +184,29 @@ fn receivers(out: &mut String, data: &PageData<'_>) {
                 );
             }
         }
+    }
+    out.push_str("</tbody></table></section>\n");
+}
+
+fn connections(out: &mut String, data: &PageData<'_>) {
+    let streams: usize = data.connections.iter().map(|c| c.streams).sum();
+    let _ = write!(
+        out,
+        "<section id=\"connections\"><h2>API connections ({} carrying {streams} requests)</h2>\
+         <table id=\"connections-table\"><thead><tr><th>connection</th><th>protocol</th>\
+         <th>open requests</th><th>limit</th></tr></thead><tbody>\n",
+        data.connections.len()
+    );
+    if data.connections.is_empty() {
+        out.push_str("<tr><td colspan=\"4\" class=\"muted\">no connection open</td></tr>\n");
+    }
+    for c in data.connections {
+        let _ = writeln!(
+            out,
+            "<tr><td class=\"n\">#{}</td><td><code>{}</code></td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td></tr>",
+            c.id, c.protocol, c.streams, c.limit
+        );
     }
     out.push_str("</tbody></table></section>\n");
 }
@@ -460,6 +487,20 @@ mod tests {
             filter,
             receivers: &receivers,
             clustering: &ClusteringConfig::default(),
+            connections: &[
+                ConnectionStats {
+                    id: 1,
+                    protocol: "h2",
+                    streams: 100,
+                    limit: 100,
+                },
+                ConnectionStats {
+                    id: 2,
+                    protocol: "h2",
+                    streams: 7,
+                    limit: 100,
+                },
+            ],
             now: "2030-01-01T00:00:42Z".parse().expect("ts"),
         })
     }
