@@ -33,6 +33,7 @@
 
 pub mod app;
 pub mod chunk;
+pub mod cluster;
 pub mod config;
 pub mod cursor;
 pub mod demo;

@@ -129,7 +129,7 @@ pub async fn build_api(cfg: &KubernetesConfig) -> Result<Api, KubeClientError> {
         .layer(FollowRedirects::new(cfg.follow_redirects))
         .service(pool.clone());
     let builder = ClientBuilder::new(stack, default_ns);
-    let instrument = Instrument::default();
+    let instrument = Instrument;
     // Outermost: a request waits for its token before anything else happens to it.
     let limit = RateLimit::new(cfg.qps, cfg.burst);
     let client = match FileCredential::from_auth(&cfg.auth)? {

@@ -156,8 +156,9 @@ where
                 if hops > MAX_REDIRECTS {
                     return Err(RedirectError::TooMany { location }.into());
                 }
-                let next = resolve(&uri, &location)
-                    .ok_or_else(|| RedirectError::BadLocation { location })?;
+                let Some(next) = resolve(&uri, &location) else {
+                    return Err(RedirectError::BadLocation { location }.into());
+                };
                 if next.authority() != uri.authority() {
                     // Credentials are for the API server, not for wherever it points.
                     headers.remove(header::AUTHORIZATION);

@@ -190,11 +190,11 @@ fn receivers(out: &mut String, data: &PageData<'_>) {
 
 fn connections(out: &mut String, data: &PageData<'_>) {
     let streams: usize = data.connections.iter().map(|c| c.streams).sum();
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<section id=\"connections\"><h2>API connections ({} carrying {streams} requests)</h2>\
          <table id=\"connections-table\"><thead><tr><th>connection</th><th>protocol</th>\
-         <th>open requests</th><th>limit</th></tr></thead><tbody>\n",
+         <th>open requests</th><th>limit</th></tr></thead><tbody>",
         data.connections.len()
     );
     if data.connections.is_empty() {
