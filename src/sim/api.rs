@@ -50,6 +50,21 @@ impl ApiError {
         }
     }
 
+    /// `400 BadRequest` with `message`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(400, "BadRequest", message)
+    }
+
+    /// `404 NotFound` with `message`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(404, "NotFound", message)
+    }
+
+    /// `401 Unauthorized`, as the API server answers a request no authenticator accepted.
+    pub fn unauthorized() -> Self {
+        ApiError::new(401, "Unauthorized", "Unauthorized")
+    }
+
     fn pod_not_found(name: &str) -> Self {
         ApiError {
             details: Some((name.to_string(), "pods")),

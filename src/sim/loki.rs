@@ -246,7 +246,8 @@ async fn push(
 
     let mut state = sink.lock();
     let scripted = match state.failing {
-        Some((status, until)) if Instant::now() < until => Some(Response::status(status)),
+        // Judged at arrival, the instant the record carries, so records and answers agree.
+        Some((status, until)) if time < until => Some(Response::status(status)),
         Some(_) => {
             state.failing = None;
             state.script.pop_front()
