@@ -778,3 +778,51 @@ async fn sim_tls_on_the_command_line_prints_and_writes_its_files() {
     let _ = child.start_kill();
     let _ = child.wait().await;
 }
+
+/// The relay as it is today reaches the TLS simulator with nothing but the kubeconfig it wrote
+/// (CA and client certificate embedded), through an API that refuses anonymous requests.
+#[actix_rt::test]
+async fn the_relay_tails_through_the_written_kubeconfig() {
+    let (sim, _dir) = tls_sim(SimOptions {
+        auth: Some(AuthOptions {
+            client_certs: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    sim.add_pod(
+        PodSpec::new("batch", "job")
+            .restart_policy(RestartPolicy::Never)
+            .container(ContainerSpec::new("c").rate(200.0).total_lines(100, 0)),
+    );
+    let sink = crate::support::sink().await;
+    let kubeconfig = sim.tls_files().unwrap().kubeconfig.display().to_string();
+    let config = format!(
+        r#"
+[kubernetes]
+kubeconfig_file = "{kubeconfig}"
+
+[tail]
+min_backoff = "50ms"
+max_backoff = "500ms"
+terminated_grace = "1s"
+
+[server]
+listen = "127.0.0.1:0"
+"#
+    ) + &crate::support::loki_table("a", &sink, "");
+    let relay = crate::support::relay(&config).await;
+    crate::support::all_finished(&relay, 1).await;
+    relay.shutdown().await;
+    assert_eq!(
+        crate::support::lines_of(&sink.entries(), "batch", "job", "c"),
+        sim.written_lines("batch", "job", "c")
+    );
+    let stats = sim.stats();
+    assert_eq!((stats.auth_rejections, stats.handshake_failures), (0, 0));
+    assert!(
+        stats.connections_opened >= 1 && stats.streams_total >= 2,
+        "{stats:?}"
+    );
+}
