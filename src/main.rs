@@ -47,6 +47,16 @@ enum Command {
         /// Scenario file (pods, containers, scripts); the demo pods when absent.
         #[arg(long)]
         scenario: Option<PathBuf>,
+        /// Serve HTTPS (HTTP/2 by ALPN) with a generated CA; writes the CA and a kubeconfig.
+        #[arg(long)]
+        tls: bool,
+        /// Where --tls writes ca.crt, client.crt, client.key and kubeconfig (default: a new
+        /// directory under the system's temporary directory).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// SETTINGS_MAX_CONCURRENT_STREAMS advertised on HTTP/2 connections.
+        #[arg(long, default_value_t = sim::MAX_CONCURRENT_STREAMS)]
+        max_concurrent_streams: u32,
     },
 }
 
@@ -62,13 +72,25 @@ fn main() -> ExitCode {
             );
             runtime_result(actix_rt::System::new().block_on(demo::run(&listen)))
         }
-        Command::Sim { listen, scenario } => {
+        Command::Sim {
+            listen,
+            scenario,
+            tls,
+            state_dir,
+            max_concurrent_streams,
+        } => {
             logging::init("info", config::LogFormat::Logfmt);
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => return runtime_result(Err(e.into())),
             };
-            runtime_result(rt.block_on(sim::run(&listen, scenario.as_deref())))
+            let options = sim::SimOptions {
+                tls,
+                state_dir,
+                max_concurrent_streams,
+                ..Default::default()
+            };
+            runtime_result(rt.block_on(sim::run(&listen, scenario.as_deref(), options)))
         }
     }
 }

@@ -50,6 +50,21 @@ impl ApiError {
         }
     }
 
+    /// `400 BadRequest` with `message`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(400, "BadRequest", message)
+    }
+
+    /// `404 NotFound` with `message`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(404, "NotFound", message)
+    }
+
+    /// `401 Unauthorized`, as the API server answers a request no authenticator accepted.
+    pub fn unauthorized() -> Self {
+        ApiError::new(401, "Unauthorized", "Unauthorized")
+    }
+
     fn pod_not_found(name: &str) -> Self {
         ApiError {
             details: Some((name.to_string(), "pods")),
@@ -447,7 +462,7 @@ impl WatchState {
                     if changed.is_err() { return None; }
                 }
                 _ = tokio::time::sleep_until(bookmark_at), if bookmarks.is_some() => {
-                    self.next_bookmark = tokio::time::Instant::now() + bookmarks.unwrap_or_default();
+                    self.next_bookmark = later(tokio::time::Instant::now(), bookmarks.unwrap_or_default());
                     let bookmark = json!({
                         "kind": "Pod",
                         "apiVersion": "v1",
@@ -462,16 +477,67 @@ impl WatchState {
     }
 }
 
+/// The longest a watch stays open, whatever `timeoutSeconds` asks: far beyond any real watch,
+/// and small enough that the deadline stays representable (`u64::MAX` seconds would overflow).
+pub const MAX_WATCH_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The watch parameters of a pods list request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchParams {
+    /// Events after this resourceVersion; `None` (absent, `""` or `"0"`): the current state as
+    /// ADDED events first.
+    pub resource_version: Option<u64>,
+    /// `timeoutSeconds`, at most [`MAX_WATCH_TIMEOUT`]; 30 minutes when absent.
+    pub timeout: Duration,
+    /// `allowWatchBookmarks`.
+    pub bookmarks: bool,
+}
+
+impl WatchParams {
+    /// Parses the query of a watch request; a value that does not parse is a 400 Status.
+    pub fn parse(q: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let resource_version = match q.get("resourceVersion").map(String::as_str) {
+            None | Some("" | "0") => None,
+            Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
+                ApiError::new(
+                    400,
+                    "BadRequest",
+                    format!("invalid resource version: {rv:?}"),
+                )
+            })?),
+        };
+        let timeout = match q.get("timeoutSeconds") {
+            Some(s) => Duration::from_secs(s.parse::<u64>().map_err(|_| {
+                ApiError::new(400, "BadRequest", format!("invalid timeoutSeconds: {s:?}"))
+            })?)
+            .min(MAX_WATCH_TIMEOUT),
+            // The API server picks a random timeout between 30 and 60 minutes.
+            None => Duration::from_secs(1800),
+        };
+        Ok(WatchParams {
+            resource_version,
+            timeout,
+            bookmarks: is_true(q, "allowWatchBookmarks"),
+        })
+    }
+}
+
+/// `now + d`, at most [`MAX_WATCH_TIMEOUT`] ahead: an interval from a scenario file or a query
+/// must not overflow the clock.
+fn later(now: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    now + d.min(MAX_WATCH_TIMEOUT)
+}
+
 fn watch(
     cluster: Arc<Cluster>,
     filter: PodFilter,
     q: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
-    let requested = q.get("resourceVersion").map(String::as_str).unwrap_or("");
+    let params = WatchParams::parse(q)?;
     let mut first = None;
-    let cursor = match requested {
-        // No resourceVersion (or "0"): the current state as ADDED events first, then changes.
-        "" | "0" => {
+    let cursor = match params.resource_version {
+        Some(rv) => rv,
+        None => {
             let (rv, pods) = cluster.list();
             let mut out = BytesMut::new();
             for pod in pods.iter().filter(|p| filter.matches(p)) {
@@ -480,23 +546,9 @@ fn watch(
             first = (!out.is_empty()).then(|| out.freeze());
             rv
         }
-        rv => rv.parse::<u64>().map_err(|_| {
-            ApiError::new(
-                400,
-                "BadRequest",
-                format!("invalid resource version: {rv:?}"),
-            )
-        })?,
-    };
-    let timeout = match q.get("timeoutSeconds") {
-        Some(s) => Duration::from_secs(s.parse::<u64>().map_err(|_| {
-            ApiError::new(400, "BadRequest", format!("invalid timeoutSeconds: {s:?}"))
-        })?),
-        // The API server picks a random timeout between 30 and 60 minutes.
-        None => Duration::from_secs(1800),
     };
     let interval = cluster.options().bookmark_interval;
-    let bookmarks = is_true(q, "allowWatchBookmarks").then_some(interval);
+    let bookmarks = params.bookmarks.then_some(interval);
     let now = tokio::time::Instant::now();
     let state = WatchState {
         rv_changes: cluster.subscribe(),
@@ -504,8 +556,8 @@ fn watch(
         filter,
         cursor,
         bookmarks,
-        next_bookmark: now + interval,
-        deadline: now + timeout,
+        next_bookmark: later(now, interval),
+        deadline: later(now, params.timeout),
         first,
         ended: false,
     };
@@ -632,6 +684,7 @@ async fn pod_log(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy as _;
 
     #[test]
     fn ages_read_like_kubectl() {
@@ -644,6 +697,97 @@ mod tests {
             (-3, "0s"),
         ] {
             assert_eq!(short_age(s), want);
+        }
+    }
+
+    #[test]
+    fn watch_timeouts_are_clamped_and_bad_values_refused() {
+        let q = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let p = WatchParams::parse(&q(&[("timeoutSeconds", "18446744073709551615")])).unwrap();
+        assert_eq!(p.timeout, MAX_WATCH_TIMEOUT);
+        let p = WatchParams::parse(&q(&[
+            ("timeoutSeconds", "30"),
+            ("resourceVersion", "0"),
+            ("allowWatchBookmarks", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            p,
+            WatchParams {
+                resource_version: None,
+                timeout: Duration::from_secs(30),
+                bookmarks: true
+            }
+        );
+        for bad in [("timeoutSeconds", "-1"), ("resourceVersion", "abc")] {
+            let err = WatchParams::parse(&q(&[bad])).unwrap_err();
+            assert_eq!(err.code, 400, "{bad:?}");
+        }
+    }
+
+    /// A watch asking for `u64::MAX` seconds is served (it used to panic its connection: the
+    /// deadline overflowed the clock).
+    #[tokio::test]
+    async fn a_watch_with_a_huge_timeout_is_served() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let sim = crate::sim::Sim::start("127.0.0.1:0").await.unwrap();
+        sim.add_pod(
+            crate::sim::PodSpec::new("ns", "p").container(crate::sim::ContainerSpec::new("c")),
+        );
+        let mut s = tokio::net::TcpStream::connect(sim.local_addr())
+            .await
+            .unwrap();
+        s.write_all(
+            b"GET /api/v1/pods?watch=true&timeoutSeconds=18446744073709551615 HTTP/1.1\r\nHost: sim\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !String::from_utf8_lossy(&seen).contains("\"ADDED\"") {
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+                .await
+                .expect("the first event in time")
+                .unwrap();
+            assert!(
+                n > 0,
+                "the connection closed: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        assert!(seen.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    }
+
+    proptest::proptest! {
+        /// Any query is parsed or refused with a Status, never a panic, whatever the values:
+        /// the watch, log and selector parameters all come from the network.
+        #[test]
+        fn any_query_is_parsed_or_refused(
+            pairs in proptest::collection::hash_map(
+                proptest::sample::select(vec![
+                    "watch", "resourceVersion", "timeoutSeconds", "allowWatchBookmarks",
+                    "labelSelector", "fieldSelector", "container", "follow", "timestamps",
+                    "previous", "sinceTime", "sinceSeconds", "tailLines", "limitBytes",
+                ]).prop_map(str::to_string),
+                "\\PC{0,24}|-?[0-9]{1,25}|(18446744073709551615|9223372036854775807|-9223372036854775808)",
+                0..8,
+            )
+        ) {
+            if let Ok(p) = WatchParams::parse(&pairs) {
+                proptest::prop_assert!(p.timeout <= MAX_WATCH_TIMEOUT);
+                let _ = later(tokio::time::Instant::now(), p.timeout);
+            }
+            let _ = PodFilter::parse(None, &pairs);
+            if let Ok(o) = LogOptions::parse(&pairs, Timestamp::now()) {
+                let _ = super::super::logs::first_index((0, 10), o.tail_lines);
+            }
         }
     }
 

@@ -31,6 +31,11 @@ pub const PUSH_PATH: &str = "/loki/api/v1/push";
 /// Largest body accepted: well above any sane `batch_size`, small enough to bound a test's memory.
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
+/// Largest decompressed push accepted. Loki refuses a message whose decompressed size exceeds its
+/// `max_recv_msg_size`; checking snappy's length header before decompressing keeps a 5-byte body
+/// claiming 4 GiB from allocating 4 GiB.
+pub const MAX_DECOMPRESSED_BYTES: usize = 64 * 1024 * 1024;
+
 /// A Loki-compatible push endpoint that records every accepted entry. Cheap to clone (shared state).
 #[derive(Clone, Default)]
 pub struct LokiSink {
@@ -241,7 +246,8 @@ async fn push(
 
     let mut state = sink.lock();
     let scripted = match state.failing {
-        Some((status, until)) if Instant::now() < until => Some(Response::status(status)),
+        // Judged at arrival, the instant the record carries, so records and answers agree.
+        Some((status, until)) if time < until => Some(Response::status(status)),
         Some(_) => {
             state.failing = None;
             state.script.pop_front()
@@ -306,6 +312,8 @@ fn into_http(r: Response) -> axum::response::Response {
 pub enum PushError {
     #[error("snappy: {0}")]
     Snappy(String),
+    #[error("received message larger than max ({size} vs {max})")]
+    TooLarge { size: usize, max: usize },
     #[error("error decoding protobuf push request: {0}")]
     Protobuf(String),
     #[error("error decoding JSON push request: {0}")]
@@ -332,6 +340,14 @@ pub fn decode_push(
 }
 
 fn decode_protobuf(body: &[u8], tenant: Option<&str>) -> Result<Vec<ReceivedEntry>, PushError> {
+    // The header is a claim, not a fact: refuse it before the decoder allocates that much.
+    let size = snap::raw::decompress_len(body).map_err(|e| PushError::Snappy(e.to_string()))?;
+    if size > MAX_DECOMPRESSED_BYTES {
+        return Err(PushError::TooLarge {
+            size,
+            max: MAX_DECOMPRESSED_BYTES,
+        });
+    }
     let raw = snap::raw::Decoder::new()
         .decompress_vec(body)
         .map_err(|e| PushError::Snappy(e.to_string()))?;
@@ -805,6 +821,32 @@ mod tests {
         assert_eq!(requests[0].error.as_deref(), Some(answer.body.as_str()));
     }
 
+    #[test]
+    fn a_snappy_header_claiming_4_gib_is_refused_before_decompressing() {
+        // A 5-byte varint header claiming 2^32 - 1 bytes and no data: the decoder would
+        // allocate 4 GiB before it found out that nothing follows.
+        let body = [0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert_eq!(
+            decode_push(Some("application/x-protobuf"), &body, None),
+            Err(PushError::TooLarge {
+                size: u32::MAX as usize,
+                max: MAX_DECOMPRESSED_BYTES
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_decompressed_length_is_answered_400() {
+        let sink = LokiSink::start("127.0.0.1:0").await.expect("sink starts");
+        let answer = push_protobuf(&sink, None, vec![0xff, 0xff, 0xff, 0xff, 0x0f]).await;
+        assert_eq!(answer.status, 400);
+        assert_eq!(
+            answer.body,
+            format!("received message larger than max (4294967295 vs {MAX_DECOMPRESSED_BYTES})")
+        );
+        assert!(sink.entries().is_empty());
+    }
+
     #[tokio::test]
     async fn bad_json_and_bad_labels_are_answered_400() {
         let sink = LokiSink::start("127.0.0.1:0").await.expect("sink starts");
@@ -969,6 +1011,40 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Any body, under any content type, is decoded or refused: never a panic.
+        #[test]
+        fn any_body_is_decoded_or_refused(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            content_type in proptest::option::of(proptest::sample::select(vec![
+                "application/x-protobuf", "application/json", "application/json; charset=utf-8", "text/plain",
+            ])),
+        ) {
+            let _ = decode_push(content_type, &body, Some("t"));
+        }
+
+        /// Whatever length a snappy header claims, more than the limit is refused without
+        /// decompressing, and the decoder never allocates more than the limit.
+        #[test]
+        fn claimed_lengths_beyond_the_limit_are_refused(
+            claimed in proptest::num::u64::ANY,
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let mut body = Vec::new();
+            let mut n = claimed & u64::from(u32::MAX);
+            loop {
+                let byte = (n & 0x7f) as u8;
+                n >>= 7;
+                if n == 0 { body.push(byte); break; }
+                body.push(byte | 0x80);
+            }
+            body.extend_from_slice(&tail);
+            let result = decode_push(None, &body, None);
+            if claimed & u64::from(u32::MAX) > MAX_DECOMPRESSED_BYTES as u64 {
+                let too_large = matches!(result, Err(PushError::TooLarge { .. }));
+                proptest::prop_assert!(too_large, "{:?}", result);
+            }
+        }
+
         /// Whatever the relay renders with `Labels`, the sink parses back to the same map.
         #[test]
         fn rendered_labels_parse_back(

@@ -13,43 +13,98 @@
 //! - [`scenario`]: the TOML scenario of `kube-log-relay sim --scenario FILE`.
 
 pub mod api;
+pub mod auth;
 pub mod cluster;
+pub mod connections;
 pub mod container;
 pub mod logs;
 pub mod loki;
+pub mod oauth;
+pub mod proxy;
 pub mod scenario;
 pub mod selector;
+pub mod stats;
+pub mod tls;
 
 mod history;
 mod pod;
 mod pod_spec;
+mod serve;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
-
+pub use auth::AuthOptions;
 pub use cluster::{ClusterOptions, Owner, PodSpec, RestartPolicy};
+pub use connections::ConnectionStats;
 pub use container::{ContainerSpec, LogScript};
+pub use oauth::{OAuth2Options, TokenIssuer, TokenRequest};
 pub use scenario::{demo_pods, run};
+pub use stats::SimStats;
+pub use tls::{Pki, TlsFiles};
 
 use cluster::Cluster;
 
-/// HTTP/2 streams per connection the simulator advertises, like Go's (and the API server's)
-/// default, so the relay's connection pool meets the same limit as in production (SPEC §4.1).
+/// HTTP/2 streams per connection the simulator advertises by default, like Go's (and the API
+/// server's) default, so the relay's connection pool meets the same limit as in production
+/// (SPEC §4.1).
 pub const MAX_CONCURRENT_STREAMS: u32 = 250;
+
+/// How the simulator serves: the cluster tunables, TLS, the HTTP/2 stream limit and
+/// authentication. `SimOptions::default()` is plain HTTP without authentication, as
+/// [`Sim::start`].
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// Watch history, log rotation, bookmark interval.
+    pub cluster: ClusterOptions,
+    /// Serve HTTPS (HTTP/2 or HTTP/1.1 by ALPN) with a CA and certificates generated at start,
+    /// and write the CA, a client certificate and a kubeconfig (see [`TlsFiles`]).
+    pub tls: bool,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS on every HTTP/2 connection (TLS and h2c alike).
+    pub max_concurrent_streams: u32,
+    /// Require credentials on the Kubernetes API; `None`: every request passes.
+    pub auth: Option<AuthOptions>,
+    /// Where `tls` writes its files; a fresh directory under the system's temporary directory
+    /// when `None`.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            cluster: ClusterOptions::default(),
+            tls: false,
+            max_concurrent_streams: MAX_CONCURRENT_STREAMS,
+            auth: None,
+            state_dir: None,
+        }
+    }
+}
+
+impl From<ClusterOptions> for SimOptions {
+    fn from(cluster: ClusterOptions) -> Self {
+        SimOptions {
+            cluster,
+            ..Default::default()
+        }
+    }
+}
+
+struct TlsState {
+    pki: Pki,
+    files: TlsFiles,
+}
 
 struct Inner {
     cluster: Arc<Cluster>,
     sink: loki::LokiSink,
     addr: SocketAddr,
-    connections_opened: AtomicU64,
-    connections_open: AtomicU64,
+    tls: Option<TlsState>,
+    control: stats::Control,
 }
 
 /// A running simulator: cheap to clone; the server runs until the runtime stops.
@@ -60,64 +115,69 @@ pub struct Sim {
 
 impl Sim {
     /// Binds `addr` (`"127.0.0.1:0"` for an ephemeral port) and serves the Kubernetes API and
-    /// the Loki sink from a spawned task.
+    /// the Loki sink over plain HTTP from a spawned task.
     pub async fn start(addr: &str) -> std::io::Result<Sim> {
-        Sim::start_with(addr, ClusterOptions::default()).await
+        Sim::start_with(addr, SimOptions::default()).await
     }
 
-    /// Like [`Sim::start`], with tunables (watch history, log rotation, bookmark interval).
-    pub async fn start_with(addr: &str, options: ClusterOptions) -> std::io::Result<Sim> {
+    /// Like [`Sim::start`], with options: [`ClusterOptions`] alone, or [`SimOptions`] for TLS,
+    /// the HTTP/2 stream limit and authentication.
+    pub async fn start_with(addr: &str, options: impl Into<SimOptions>) -> std::io::Result<Sim> {
+        let options: SimOptions = options.into();
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        let cluster = Cluster::new(tokio::runtime::Handle::current(), options);
-        let sink = loki::LokiSink::new();
-        let sim = Sim {
-            inner: Arc::new(Inner {
-                addr: listener.local_addr()?,
-                cluster: cluster.clone(),
-                sink: sink.clone(),
-                connections_opened: AtomicU64::new(0),
-                connections_open: AtomicU64::new(0),
-            }),
+        let local = listener.local_addr()?;
+        let tls = match options.tls {
+            true => Some(tls_state(&options, local)?),
+            false => None,
         };
-        let router = api::router(cluster).merge(sink.router());
-        let counters = sim.inner.clone();
-        tokio::spawn(async move {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http2()
-                .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
-            let builder = Arc::new(builder);
-            loop {
-                let (stream, _) = match listener.accept().await {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "sim: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(router.clone());
-                let builder = builder.clone();
-                let counters = counters.clone();
-                counters.connections_opened.fetch_add(1, Ordering::Relaxed);
-                counters.connections_open.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    // A client that goes away mid-response is normal here.
-                    let _ = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                    counters.connections_open.fetch_sub(1, Ordering::Relaxed);
-                });
-            }
-        });
-        Ok(sim)
+        let cluster = Cluster::new(tokio::runtime::Handle::current(), options.cluster.clone());
+        let sink = loki::LokiSink::new();
+        let auth = Arc::new(auth::AuthState::new(options.auth.clone()));
+        let control = stats::Control {
+            tls: options.tls,
+            max_concurrent_streams: options.max_concurrent_streams,
+            connections: Arc::default(),
+            auth: auth.clone(),
+        };
+        let router = api::router(cluster.clone())
+            .merge(sink.router())
+            .merge(auth.issuer.router())
+            .merge(control.clone().router());
+        let acceptor = match &tls {
+            Some(t) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                t.pki.server_config().map_err(std::io::Error::other)?,
+            ))),
+            None => None,
+        };
+        serve::spawn(
+            listener,
+            serve::Server {
+                router,
+                tls: acceptor,
+                max_concurrent_streams: options.max_concurrent_streams,
+                connections: control.connections.clone(),
+                auth,
+            },
+        );
+        Ok(Sim {
+            inner: Arc::new(Inner {
+                cluster,
+                sink,
+                addr: local,
+                tls,
+                control,
+            }),
+        })
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://127.0.0.1:PORT` with TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.inner.addr)
+        let scheme = if self.inner.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.inner.addr)
     }
 
     /// The address the simulator listens on.
@@ -130,7 +190,7 @@ impl Sim {
         self.inner.sink.clone()
     }
 
-    /// The sink's push URL: `http://127.0.0.1:PORT/loki/api/v1/push`.
+    /// The sink's push URL: `http://127.0.0.1:PORT/loki/api/v1/push` (`https` with TLS).
     pub fn loki_url(&self) -> String {
         format!("{}/loki/api/v1/push", self.url())
     }
@@ -245,15 +305,93 @@ impl Sim {
         let _ = written.wait_for(|count| *count >= n as u64).await;
     }
 
-    /// TCP connections accepted so far.
+    /// Connections accepted so far (over TLS: handshakes completed).
     pub fn connections_opened(&self) -> u64 {
-        self.inner.connections_opened.load(Ordering::Relaxed)
+        self.inner.control.connections.opened()
     }
 
-    /// TCP connections open now.
+    /// Connections open now.
     pub fn connections_open(&self) -> u64 {
-        self.inner.connections_open.load(Ordering::Relaxed)
+        self.inner.control.connections.open_count()
     }
+
+    /// Every counter, as `GET /sim/stats` serves it.
+    pub fn stats(&self) -> SimStats {
+        self.inner.control.stats()
+    }
+
+    /// Every open connection with its open, total and most-at-once streams.
+    pub fn connection_stats(&self) -> Vec<ConnectionStats> {
+        self.inner.control.connections.list()
+    }
+
+    /// Closes connection `id` now (no GOAWAY: the socket just closes); false when it is not
+    /// open.
+    pub fn kill_connection(&self, id: u64) -> bool {
+        self.inner.control.connections.kill(id)
+    }
+
+    /// Closes the connection with the most open streams; returns it as it was before.
+    pub fn kill_busiest_connection(&self) -> Option<ConnectionStats> {
+        self.inner.control.connections.kill_busiest()
+    }
+
+    /// The files written at start with TLS: CA, client certificate and key, kubeconfig.
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.inner.tls.as_ref().map(|t| &t.files)
+    }
+
+    /// The generated CA and certificates, with TLS.
+    pub fn pki(&self) -> Option<&Pki> {
+        self.inner.tls.as_ref().map(|t| &t.pki)
+    }
+
+    /// Replaces the accepted credentials (`None`: every request passes), e.g. to rotate a
+    /// token. Client certificates are verified at the handshake either way.
+    pub fn set_auth(&self, auth: Option<AuthOptions>) {
+        self.inner.control.auth.set_options(auth);
+    }
+
+    /// The OAuth2 token endpoint's state: requests seen, scripted failures, expiry.
+    pub fn oauth2(&self) -> &TokenIssuer {
+        &self.inner.control.auth.issuer
+    }
+
+    /// The OAuth2 token endpoint's URL: `…/oauth2/token`.
+    pub fn token_url(&self) -> String {
+        format!("{}{}", self.url(), oauth::TOKEN_PATH)
+    }
+
+    /// API requests refused with 401.
+    pub fn auth_rejections(&self) -> u64 {
+        self.inner.control.auth.rejections()
+    }
+
+    /// API requests refused for an unknown or expired bearer token.
+    pub fn rejected_tokens(&self) -> u64 {
+        self.inner.control.auth.rejected_tokens()
+    }
+}
+
+/// Generates the certificates and writes the files for a TLS simulator on `addr`.
+fn tls_state(options: &SimOptions, addr: SocketAddr) -> std::io::Result<TlsState> {
+    let pki = Pki::generate().map_err(std::io::Error::other)?;
+    let dir = options.state_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!(
+            "kube-log-relay-sim-{}-{}",
+            std::process::id(),
+            addr.port()
+        ))
+    });
+    let auth = options.auth.as_ref();
+    let user = tls::KubeconfigUser {
+        client_cert: auth.is_none_or(|a| a.client_certs),
+        token: auth
+            .filter(|a| !a.client_certs)
+            .and_then(|a| a.bearer_tokens.first().cloned()),
+    };
+    let files = tls::write_files(&dir, &pki, &format!("https://{addr}"), &user)?;
+    Ok(TlsState { pki, files })
 }
 
 #[cfg(test)]

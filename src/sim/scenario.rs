@@ -30,9 +30,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use super::Sim;
 use super::cluster::{ClusterOptions, Owner, PodSpec, RestartPolicy};
 use super::container::{ContainerSpec, LogScript};
+use super::{Sim, SimOptions};
 
 /// A scenario that cannot be used; the message names the file and the field.
 #[derive(Debug, thiserror::Error)]
@@ -378,19 +378,23 @@ pub fn demo_pods() -> Vec<PodSpec> {
 }
 
 /// Starts the simulator on `listen` with the scenario's pods (the demo's pods without one),
-/// prints its URL and serves until Ctrl-C.
-pub async fn run(listen: &str, scenario: Option<&Path>) -> anyhow::Result<()> {
+/// prints its URLs (and with TLS the files it wrote) and serves until Ctrl-C. The scenario's
+/// `[cluster]` tunables replace `options.cluster`.
+pub async fn run(listen: &str, scenario: Option<&Path>, options: SimOptions) -> anyhow::Result<()> {
     let scenario = match scenario {
         Some(path) => Some(Scenario::load(path)?),
         None => None,
     };
-    let options = scenario
-        .as_ref()
-        .map(Scenario::cluster_options)
-        .unwrap_or_default();
+    let options = SimOptions {
+        cluster: scenario
+            .as_ref()
+            .map(Scenario::cluster_options)
+            .unwrap_or(options.cluster.clone()),
+        ..options
+    };
     let sim = Sim::start_with(listen, options)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot start the simulator on {listen}: {e}"))?;
     let pods = match &scenario {
         Some(s) => {
             if let Some(d) = s.sink.delay {
@@ -415,7 +419,26 @@ pub async fn run(listen: &str, scenario: Option<&Path>) -> anyhow::Result<()> {
         "kube-log-relay sim: Loki push endpoint at {}",
         sim.loki_url()
     );
-    println!("try: kubectl --server {} get pods -A", sim.url());
+    println!("kube-log-relay sim: stats at {}/sim/stats", sim.url());
+    match sim.tls_files() {
+        Some(files) => {
+            println!("kube-log-relay sim: CA certificate {}", files.ca.display());
+            println!(
+                "kube-log-relay sim: client certificate {} and key {}",
+                files.client_cert.display(),
+                files.client_key.display()
+            );
+            println!(
+                "kube-log-relay sim: kubeconfig {}",
+                files.kubeconfig.display()
+            );
+            println!(
+                "try: kubectl --kubeconfig {} get pods -A",
+                files.kubeconfig.display()
+            );
+        }
+        None => println!("try: kubectl --server {} get pods -A", sim.url()),
+    }
     tokio::signal::ctrl_c().await?;
     Ok(())
 }

@@ -9,4 +9,5 @@ mod positions;
 mod receivers;
 mod reload;
 mod server;
+mod sim_tls;
 mod support;
