@@ -10,6 +10,7 @@ pub mod error;
 pub mod expand;
 pub mod model;
 pub mod raw;
+pub mod redact;
 pub mod units;
 pub mod validate;
 
@@ -446,7 +447,7 @@ mod tests {
         let errors = errors_of("[loki.a]\nurl = \"ftp://u:hunter2@loki/push\"\n");
         assert_eq!(
             errors,
-            [r#"loki.a.url: "ftp://<redacted>@loki/push" is not an http:// or https:// URL"#]
+            [r#"loki.a.url: "ftp://<secret>@loki/push" is not an http:// or https:// URL"#]
         );
         let config = ok("[loki.a]\nurl = \"https://u:p@loki/push\"\n");
         assert_eq!(config.loki["a"].url, "https://u:p@loki/push");

@@ -36,6 +36,7 @@ use self::targets::{discovery, relabel_rule, static_target};
 use super::error::{ConfigError, join_index};
 use super::model::*;
 use super::raw::*;
+use super::redact::redact_url;
 use super::units::{parse_duration, parse_size};
 
 /// Turns the raw sections into a [`Config`], or returns every error found.
@@ -228,33 +229,11 @@ impl Checker {
 }
 
 fn check_url(text: &str) -> Result<(), String> {
-    let not_url = || {
-        format!(
-            "{:?} is not an http:// or https:// URL",
-            redact_userinfo(text)
-        )
-    };
+    let not_url = || format!("{:?} is not an http:// or https:// URL", redact_url(text));
     let uri: http::Uri = text.parse().map_err(|_| not_url())?;
     match uri.scheme_str() {
         Some("http" | "https") if uri.host().is_some_and(|h| !h.is_empty()) => Ok(()),
         _ => Err(not_url()),
-    }
-}
-
-/// `scheme://user:password@host/…` → `scheme://<redacted>@host/…`: a URL in an error message
-/// must not leak the password some users embed in it.
-fn redact_userinfo(url: &str) -> String {
-    let authority_start = url.find("://").map_or(0, |i| i + 3);
-    let authority_end = url[authority_start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| authority_start + i);
-    match url[authority_start..authority_end].rfind('@') {
-        Some(at) => format!(
-            "{}<redacted>{}",
-            &url[..authority_start],
-            &url[authority_start + at..]
-        ),
-        None => url.to_owned(),
     }
 }
 
