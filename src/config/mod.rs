@@ -11,6 +11,8 @@ pub mod expand;
 pub mod model;
 pub mod raw;
 pub mod redact;
+#[cfg(test)]
+mod reference;
 pub mod units;
 pub mod validate;
 
