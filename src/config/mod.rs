@@ -244,7 +244,7 @@ mod tests {
             cert_file = "/tls.crt"
             key_pem = "-----BEGIN PRIVATE KEY-----\n..."
             insecure_skip_verify = true
-            min_version = "TLS13"
+            min_version = "TLS12"
             server_name = "kubernetes"
             [discovery]
             namespaces = ["default", "kube-system", "default"]
@@ -334,7 +334,7 @@ mod tests {
                 ))),
                 insecure_skip_verify: true,
                 server_name: Some("kubernetes".into()),
-                min_version: Some(TlsVersion::Tls13),
+                min_version: Some(TlsVersion::Tls12),
             }
         );
         let d = &config.discovery;
@@ -585,6 +585,38 @@ mod tests {
                 r#"loki.b.proxy_url: "socks5://p:1080" is not an http:// or https:// URL"#,
             ]
         );
+    }
+
+    #[test]
+    fn check_refuses_what_the_start_cannot_do() {
+        let errors = errors_of(&with_receiver(
+            r#"
+            [kubernetes]
+            proxy_url = "https://user:pw@proxy:3128"
+            [kubernetes.tls_config]
+            min_version = "TLS13"
+            [loki.a]
+            url = "https://loki/push"
+            proxy_url = "HTTPS://proxy:3128"
+            "#,
+        ));
+        assert_eq!(
+            errors,
+            [
+                r#"kubernetes.tls_config.min_version: "TLS13" is not supported for the Kubernetes client yet (its TLS stack always offers TLS 1.2 and 1.3 and cannot be narrowed); remove the key or set "TLS12" — TLS 1.3 is still used whenever the API server offers it"#,
+                r#"kubernetes.proxy_url: "https://<secret>@proxy:3128" is an https:// proxy: only http:// proxies are supported (an https server is still reached with end-to-end TLS through the proxy's CONNECT tunnel)"#,
+                r#"loki.a.proxy_url: "HTTPS://proxy:3128" is an https:// proxy: only http:// proxies are supported (an https server is still reached with end-to-end TLS through the proxy's CONNECT tunnel)"#,
+            ]
+        );
+        // Receivers build their own rustls configuration: TLS 1.3 only works there.
+        let config = ok(r#"
+            [loki.a]
+            url = "https://loki/push"
+            proxy_url = "http://proxy:3128"
+            [loki.a.tls_config]
+            min_version = "TLS13"
+            "#);
+        assert_eq!(config.loki["a"].tls.min_version, Some(TlsVersion::Tls13));
     }
 
     #[test]
