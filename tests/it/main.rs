@@ -3,6 +3,7 @@
 
 mod browser;
 mod cli;
+mod config_examples;
 mod lifecycle;
 mod pipeline;
 mod positions;
