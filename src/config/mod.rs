@@ -620,6 +620,83 @@ mod tests {
     }
 
     #[test]
+    fn every_duration_and_size_has_an_upper_bound() {
+        let errors = errors_of(&with_receiver(
+            r#"
+            [kubernetes]
+            qps = 1e-300
+            [tail]
+            start_from = "31d"
+            max_line_size = "65MiB"
+            min_backoff = "25h"
+            max_backoff = "1000000000y"
+            max_stream_lifetime = "99999999999999999999999s"
+            terminated_grace = "2h"
+            [positions]
+            backend = "file"
+            path = "/p"
+            sync_period = "61m"
+            gc_after = "31d"
+            [loki.a]
+            url = "http://a"
+            batch_size = 67108865
+            batch_wait = "2h"
+            buffer_size = "17GiB"
+            min_backoff = "2d"
+            max_backoff = "2d"
+            remote_timeout = "2h"
+            max_line_size = "99999999999TiB"
+            [shutdown]
+            timeout = "2h"
+            [clustering]
+            lease_duration = "2h"
+            renew_interval = "2h"
+            "#,
+        ));
+        assert_eq!(
+            errors,
+            [
+                "kubernetes.qps: 1e-300 is out of range (requests per second, from 0.001 to 1000000)",
+                r#"tail.start_from: "31d" is too large (at most "30d")"#,
+                r#"tail.max_line_size: "65MiB" is too large (at most "64MiB")"#,
+                r#"tail.min_backoff: "25h" is too large (at most "24h")"#,
+                r#"tail.max_backoff: "1000000000y" is too large (at most "24h")"#,
+                r#"tail.max_stream_lifetime: "99999999999999999999999s" is too large (at most "24h")"#,
+                r#"tail.terminated_grace: "2h" is too large (at most "1h")"#,
+                r#"positions.sync_period: "61m" is too large (at most "1h")"#,
+                r#"positions.gc_after: "31d" is too large (at most "30d")"#,
+                r#"loki.a.batch_size: 67108865 is too large (at most "64MiB")"#,
+                r#"loki.a.buffer_size: "17GiB" is too large (at most "16GiB")"#,
+                r#"loki.a.min_backoff: "2d" is too large (at most "24h")"#,
+                r#"loki.a.max_backoff: "2d" is too large (at most "24h")"#,
+                r#"loki.a.batch_wait: "2h" is too large (at most "1h")"#,
+                r#"loki.a.remote_timeout: "2h" is too large (at most "1h")"#,
+                r#"loki.a.max_line_size: "99999999999TiB" is too large (at most "64MiB")"#,
+                r#"shutdown.timeout: "2h" is too large (at most "1h")"#,
+                r#"clustering.lease_duration: "2h" is too large (at most "1h")"#,
+                r#"clustering.renew_interval: "2h" is too large (at most "1h")"#,
+            ]
+        );
+        // The bounds themselves are accepted.
+        ok(&with_receiver(
+            r#"
+            [tail]
+            start_from = "30d"
+            max_line_size = "64MiB"
+            max_backoff = "24h"
+            max_stream_lifetime = "24h"
+            terminated_grace = "1h"
+            [loki.a]
+            url = "http://a"
+            batch_size = "64MiB"
+            buffer_size = "16GiB"
+            max_backoff = "24h"
+            batch_wait = "1h"
+            "#,
+        ));
+    }
+
+    #[test]
     fn bad_regex() {
         let errors = errors_of(&with_receiver(
             "[[relabel]]\naction = \"keep\"\n[[relabel]]\naction = \"drop\"\n[[relabel]]\nsource_labels = [\"a\"]\nregex = \"(\"\naction = \"keep\"\n",
@@ -748,7 +825,7 @@ mod tests {
         assert_eq!(
             errors,
             [
-                "kubernetes.qps: must be a number > 0 (requests per second)",
+                "kubernetes.qps: 0.0 is out of range (requests per second, from 0.001 to 1000000)",
                 "kubernetes.burst: must be > 0",
                 r#"tail.start_from: "yesterday" is not "beginning", "end" or a duration (examples: "beginning", "end", "10m")"#,
                 "tail.min_backoff: must not exceed tail.max_backoff",

@@ -7,6 +7,11 @@ use super::client::{AuthKeys, ProxyKeys, auth, header_lists, proxy, tls};
 use crate::config::model::*;
 use crate::config::raw::*;
 
+/// The slowest `qps`: one request every 1000 s.
+const MIN_QPS: f64 = 0.001;
+/// The fastest `qps`.
+const MAX_QPS: f64 = 1_000_000.0;
+
 /// The `[kubernetes]` table, with SPEC §4.1's defaults.
 pub(super) fn kubernetes(c: &mut Checker, raw: Option<&RawKubernetes>) -> KubernetesConfig {
     let default = RawKubernetes::default();
@@ -29,11 +34,15 @@ pub(super) fn kubernetes(c: &mut Checker, raw: Option<&RawKubernetes>) -> Kubern
             oauth2: raw.oauth2.as_ref(),
         },
     );
+    // The limiter waits 1/qps per token: a vanishing qps would wait longer than a `Duration`
+    // holds, and more than a million requests a second is no limit at all.
     let qps = match raw.qps {
-        Some(qps) if !(qps.is_finite() && qps > 0.0) => {
+        Some(qps) if !(qps.is_finite() && (MIN_QPS..=MAX_QPS).contains(&qps)) => {
             c.error(
                 "kubernetes.qps",
-                "must be a number > 0 (requests per second)",
+                format!(
+                    "{qps:?} is out of range (requests per second, from {MIN_QPS} to {MAX_QPS})"
+                ),
             );
             50.0
         }
