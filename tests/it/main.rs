@@ -3,6 +3,7 @@
 
 mod browser;
 mod cli;
+mod config_bounds;
 mod config_examples;
 mod lifecycle;
 mod pipeline;
