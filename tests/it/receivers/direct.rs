@@ -49,7 +49,7 @@ impl Metrics {
 
     /// The sum of every sample named `name` whose labels include `labels` (0 when none).
     fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        super::sample(&self.0.handle().render(), name, labels)
+        support::Metrics::parse(&self.0.handle().render()).sum(name, labels)
     }
 }
 
