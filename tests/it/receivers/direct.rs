@@ -172,7 +172,10 @@ async fn collect_acks(rx: &mut UnboundedReceiver<u64>, n: usize, limit: Duration
     while got.len() < n {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(seq)) => got.push(seq),
-            _ => panic!("only {} of {n} chunks acknowledged", got.len()),
+            _ => panic!(
+                "only {} of {n} chunks acknowledged within {limit:?}: {got:?}",
+                got.len()
+            ),
         }
     }
     got.sort_unstable();

@@ -235,15 +235,26 @@ pub async fn http_post(addr: std::net::SocketAddr, path: &str) -> (u16, String) 
     http_request(addr, "POST", path).await
 }
 
+/// Fails the test when no complete answer came within [`DEADLINE`].
 async fn http_request(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read");
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{method} http://{addr}{path}: cannot connect: {e}"));
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.expect("read");
+        buf
+    };
+    let buf = tokio::time::timeout(DEADLINE, exchange)
+        .await
+        .unwrap_or_else(|_| {
+            panic!("{method} http://{addr}{path}: no complete answer within {DEADLINE:?}")
+        });
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text
         .split(' ')
@@ -386,6 +397,29 @@ impl Drop for RelayProcess {
 #[cfg(test)]
 mod tests {
     use super::require_tool_in;
+    use kube_log_relay::sim::{ContainerSpec, PodSpec, RestartPolicy};
+
+    /// A count the container never reaches fails the wait (under paused time: at once) and says
+    /// what it waited for and what it saw, instead of hanging the test.
+    #[test]
+    #[should_panic(expected = "waiting for ns/short/c to write 20 lines: it wrote 10")]
+    fn waiting_for_lines_never_written_fails_with_what_was_seen() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("tokio runtime")
+            .block_on(async {
+                let sim = super::sim().await;
+                sim.add_pod(
+                    PodSpec::new("ns", "short")
+                        .restart_policy(RestartPolicy::Never)
+                        .container(ContainerSpec::new("c").rate(100.0).total_lines(10, 0)),
+                );
+                sim.wait_written("ns", "short", "c", 10).await;
+                sim.wait_written("ns", "short", "c", 20).await;
+            });
+    }
 
     fn path_with(dir: &std::path::Path) -> Option<std::ffi::OsString> {
         Some(dir.as_os_str().to_os_string())
