@@ -185,12 +185,7 @@ mod tests {
     }
 
     fn id() -> TargetId {
-        TargetId {
-            namespace: "ns".into(),
-            pod: "p".into(),
-            container: "c".into(),
-            uid: "u".into(),
-        }
+        crate::chunk::test_support::target_id("p")
     }
 
     fn pos(skip: u64) -> Position {
