@@ -163,7 +163,7 @@ impl Relay {
     pub async fn shutdown(self) {
         // The timeout in force: a reload may have changed it.
         let timeout = self.live.current().config.shutdown.timeout;
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         tracing::info!(
             ?timeout,
             "shutting down: stopping tailers, flushing receivers"
@@ -178,6 +178,16 @@ impl Relay {
         }
         tracing::info!("shutdown complete");
     }
+}
+
+/// `timeout` from now, saturating: an `Instant` that cannot be represented becomes a year from
+/// now, which no shutdown waits for (validation bounds the timeout far below that anyway).
+fn deadline_after(timeout: std::time::Duration) -> Instant {
+    const FAR: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
 }
 
 fn discovery_args(
@@ -395,7 +405,7 @@ async fn apply(
         let _ = forwarder
             .send(SetReceivers(receivers.values().cloned().collect()))
             .await;
-        let deadline = Instant::now() + new.shutdown.timeout;
+        let deadline = deadline_after(new.shutdown.timeout);
         for old in retired {
             actix::spawn(old.retire(deadline));
         }

@@ -114,34 +114,90 @@ impl Chunk {
     }
 }
 
+/// Builders for the tests of every module that handles chunks: one target, one stream, chunks
+/// of given lines.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use bytes::Bytes;
+
+    use super::{AckSender, Chunk, Entry};
+    use crate::target::{Labels, Stream, TargetId};
+
+    /// The target `ns/<pod>/c` with the UID `u-<pod>`.
+    pub fn target_id(pod: &str) -> TargetId {
+        TargetId {
+            namespace: "ns".into(),
+            pod: pod.into(),
+            container: "c".into(),
+            uid: format!("u-{pod}"),
+        }
+    }
+
+    /// A stream with `labels` for `tenant`.
+    pub fn stream(tenant: Option<&str>, labels: &[(&str, &str)]) -> Arc<Stream> {
+        Arc::new(Stream {
+            labels: Labels::from_pairs(labels.iter().map(|(k, v)| (k.to_string(), v.to_string()))),
+            tenant: tenant.map(str::to_owned),
+        })
+    }
+
+    /// A chunk of `lines` for labels `{app="a"}` and `tenant`, expecting one finisher.
+    pub fn chunk_with(tenant: Option<&str>, lines: &[&str], seq: u64) -> Arc<Chunk> {
+        chunk_full(tenant, &[("app", "a")], lines, seq, None)
+    }
+
+    /// A chunk with every detail chosen, expecting one finisher.
+    pub fn chunk_full(
+        tenant: Option<&str>,
+        labels: &[(&str, &str)],
+        lines: &[&str],
+        seq: u64,
+        ack: Option<AckSender>,
+    ) -> Arc<Chunk> {
+        let chunk = plain_chunk(tenant, labels, lines, seq, ack);
+        chunk.expect_finishers(1);
+        Arc::new(chunk)
+    }
+
+    /// A chunk of target `ns/p/c` as a tailer sends it to the forwarder; entry `i` is `i`
+    /// seconds after 2023-11-14T22:13:20Z.
+    pub fn plain_chunk(
+        tenant: Option<&str>,
+        labels: &[(&str, &str)],
+        lines: &[&str],
+        seq: u64,
+        ack: Option<AckSender>,
+    ) -> Chunk {
+        let entries = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Entry {
+                timestamp: jiff::Timestamp::from_second(1_700_000_000 + i as i64).unwrap(),
+                line: Bytes::copy_from_slice(l.as_bytes()),
+            })
+            .collect();
+        Chunk::new(
+            Arc::new(target_id("p")),
+            stream(tenant, labels),
+            entries,
+            seq,
+            Instant::now(),
+            ack,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_support::plain_chunk;
     use super::*;
-    use crate::target::Labels;
 
+    /// Chunk 7 of two 3-byte lines, acknowledged to `ack`.
     fn chunk(ack: UnboundedSender<u64>) -> Chunk {
-        let id = Arc::new(TargetId {
-            namespace: "ns".into(),
-            pod: "p".into(),
-            container: "c".into(),
-            uid: "u".into(),
-        });
-        let stream = Arc::new(Stream {
-            labels: Labels::default(),
-            tenant: None,
-        });
-        let e = Entry {
-            timestamp: Timestamp::UNIX_EPOCH,
-            line: Bytes::from_static(b"abc"),
-        };
-        Chunk::new(
-            id,
-            stream,
-            vec![e.clone(), e],
-            7,
-            Instant::now(),
-            Some(Arc::new(ack)),
-        )
+        plain_chunk(None, &[], &["abc", "abc"], 7, Some(Arc::new(ack)))
     }
 
     #[test]

@@ -183,27 +183,46 @@ impl Visit for Fields {
     }
 }
 
-/// Quotes a logfmt value when it is empty or holds spaces, quotes, `=` or control characters.
+/// A logfmt value, quoted when needed ([`push_logfmt_value`]).
 fn quote(value: &str) -> String {
-    let plain = !value.is_empty()
-        && !value
-            .chars()
-            .any(|c| c == ' ' || c == '"' || c == '=' || c.is_control());
-    if plain {
-        return value.to_string();
-    }
     let mut out = String::with_capacity(value.len() + 2);
+    push_logfmt_value(&mut out, value);
+    out
+}
+
+/// Appends `value` as a logfmt value: bare when it is printable ASCII without `"`, `=` or `\`,
+/// quoted ([`push_logfmt_quoted`]) otherwise — empty, spaces, quotes, non-ASCII, control
+/// characters. The one logfmt writer of the crate: process logs and the `[stdout]` receiver.
+pub fn push_logfmt_value(out: &mut String, value: &str) {
+    let bare = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '"' && c != '=' && c != '\\');
+    if bare {
+        out.push_str(value);
+    } else {
+        push_logfmt_quoted(out, value);
+    }
+}
+
+/// Appends `value` in double quotes, escaping `"` and `\`, `\n`, `\r` and `\t` as such and
+/// any other control character as `\u{…}`, so that one value never spans two lines.
+pub fn push_logfmt_quoted(out: &mut String, value: &str) {
     out.push('"');
     for c in value.chars() {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+            }
             c => out.push(c),
         }
     }
     out.push('"');
-    out
 }
 
 #[cfg(test)]
@@ -240,10 +259,23 @@ mod tests {
     }
 
     #[test]
-    fn quotes_only_when_needed() {
-        assert_eq!(quote("plain"), "plain");
-        assert_eq!(quote(""), "\"\"");
-        assert_eq!(quote("two words"), "\"two words\"");
-        assert_eq!(quote("a=\"b\"\n"), "\"a=\\\"b\\\"\\n\"");
+    fn logfmt_values_are_quoted_and_escaped_when_needed() {
+        for (value, logfmt) in [
+            ("plain", "plain"),
+            ("default/web-1/nginx", "default/web-1/nginx"),
+            ("127.0.0.1:80", "127.0.0.1:80"),
+            ("", r#""""#),
+            ("two words", r#""two words""#),
+            ("a=b", r#""a=b""#),
+            (r#"say "hi""#, r#""say \"hi\"""#),
+            (r"C:\dir", r#""C:\\dir""#),
+            ("line\nnext", r#""line\nnext""#),
+            ("cr\rlf", r#""cr\rlf""#),
+            ("tab\there", r#""tab\there""#),
+            ("bell\u{7}", r#""bell\u{0007}""#),
+            ("café", r#""café""#),
+        ] {
+            assert_eq!(quote(value), logfmt, "{value:?}");
+        }
     }
 }

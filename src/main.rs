@@ -133,8 +133,71 @@ fn runtime_result(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kube-log-relay: {e:#}");
+            eprintln!("kube-log-relay: {}", causes(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+/// The error and its causes, outermost first, each said once: many errors of the relay (and of
+/// its dependencies) already end their message with their source's, which `{:#}` would then
+/// print a second time (`kubernetes client: X: X`). A cause whose text the message so far
+/// already holds is skipped.
+fn causes(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read {path}: {source}")]
+    struct Read {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("kubernetes client: {0}")]
+    struct Start(#[source] Read);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("positions")]
+    struct Terse(#[source] std::io::Error);
+
+    fn io() -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")
+    }
+
+    #[test]
+    fn each_cause_is_said_once_outermost_first() {
+        let repeated = anyhow::Error::from(Start(Read {
+            path: "/ca.crt",
+            source: io(),
+        }));
+        assert_eq!(
+            format!("{repeated:#}"),
+            "kubernetes client: cannot read /ca.crt: no such file: cannot read /ca.crt: no such file: no such file",
+            "what the chain says without deduplication"
+        );
+        assert_eq!(
+            causes(&repeated),
+            "kubernetes client: cannot read /ca.crt: no such file"
+        );
+        let terse = anyhow::Error::from(Terse(io()));
+        assert_eq!(causes(&terse), "positions: no such file");
     }
 }

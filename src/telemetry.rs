@@ -21,9 +21,145 @@ pub enum LineDrop {
 }
 
 impl LineDrop {
-    fn as_str(self) -> &'static str {
+    /// Every reason, each exported at 0 from the start.
+    pub const ALL: [LineDrop; 1] = [LineDrop::TooLong];
+
+    /// The `reason` label value.
+    pub fn as_str(self) -> &'static str {
         match self {
             LineDrop::TooLong => "too_long",
+        }
+    }
+}
+
+/// How a log stream failed (`kube_log_relay_stream_errors_total{kind}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamErrorKind {
+    /// The container has not started yet (the API answered "waiting to start").
+    Waiting,
+    /// The pod or the container is gone (404).
+    NotFound,
+    /// Any other error status from the API server.
+    Status,
+    /// The request could not be sent or got no answer.
+    Connect,
+    /// Opening or reading the stream timed out.
+    Timeout,
+    /// The stream broke while being read.
+    Read,
+    /// Fetching the pod before opening the stream failed.
+    Pod,
+}
+
+impl StreamErrorKind {
+    /// Every kind, each exported at 0 from the start.
+    pub const ALL: [StreamErrorKind; 7] = [
+        StreamErrorKind::Waiting,
+        StreamErrorKind::NotFound,
+        StreamErrorKind::Status,
+        StreamErrorKind::Connect,
+        StreamErrorKind::Timeout,
+        StreamErrorKind::Read,
+        StreamErrorKind::Pod,
+    ];
+
+    /// The `kind` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamErrorKind::Waiting => "waiting",
+            StreamErrorKind::NotFound => "not_found",
+            StreamErrorKind::Status => "status",
+            StreamErrorKind::Connect => "connect",
+            StreamErrorKind::Timeout => "timeout",
+            StreamErrorKind::Read => "read",
+            StreamErrorKind::Pod => "pod",
+        }
+    }
+
+    /// The kind whose label is `s`, if any.
+    pub fn from_label(s: &str) -> Option<StreamErrorKind> {
+        StreamErrorKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// The states targets are counted by (`kube_log_relay_targets{state}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetsState {
+    Waiting,
+    Running,
+    Backoff,
+    Draining,
+    Finished,
+    /// Refused by relabelling or validation; never tailed.
+    Rejected,
+}
+
+impl TargetsState {
+    /// Every state, each exported at 0 from the start.
+    pub const ALL: [TargetsState; 6] = [
+        TargetsState::Waiting,
+        TargetsState::Running,
+        TargetsState::Backoff,
+        TargetsState::Draining,
+        TargetsState::Finished,
+        TargetsState::Rejected,
+    ];
+
+    /// The `state` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetsState::Waiting => "waiting",
+            TargetsState::Running => "running",
+            TargetsState::Backoff => "backoff",
+            TargetsState::Draining => "draining",
+            TargetsState::Finished => "finished",
+            TargetsState::Rejected => "rejected",
+        }
+    }
+}
+
+/// What a Kubernetes API request did (`kube_log_relay_api_requests_total{verb}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiVerb {
+    Get,
+    List,
+    Watch,
+    /// `pods/log`.
+    Log,
+    Create,
+    Update,
+    Patch,
+    Delete,
+    /// Anything else (discovery of API groups, …).
+    Other,
+}
+
+impl ApiVerb {
+    /// Every verb, each exported at 0 (with `code="200"`) from the start.
+    pub const ALL: [ApiVerb; 9] = [
+        ApiVerb::Get,
+        ApiVerb::List,
+        ApiVerb::Watch,
+        ApiVerb::Log,
+        ApiVerb::Create,
+        ApiVerb::Update,
+        ApiVerb::Patch,
+        ApiVerb::Delete,
+        ApiVerb::Other,
+    ];
+
+    /// The `verb` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiVerb::Get => "get",
+            ApiVerb::List => "list",
+            ApiVerb::Watch => "watch",
+            ApiVerb::Log => "log",
+            ApiVerb::Create => "create",
+            ApiVerb::Update => "update",
+            ApiVerb::Patch => "patch",
+            ApiVerb::Delete => "delete",
+            ApiVerb::Other => "other",
         }
     }
 }
@@ -46,7 +182,18 @@ pub enum SendDrop {
 }
 
 impl SendDrop {
-    fn as_str(self) -> &'static str {
+    /// Every reason, each exported at 0 for every receiver from its start.
+    pub const ALL: [SendDrop; 6] = [
+        SendDrop::Rejected,
+        SendDrop::RetriesExhausted,
+        SendDrop::QueueFull,
+        SendDrop::LineTooLong,
+        SendDrop::InvalidLabels,
+        SendDrop::ReceiverRemoved,
+    ];
+
+    /// The `reason` label value.
+    pub fn as_str(self) -> &'static str {
         match self {
             SendDrop::Rejected => "rejected",
             SendDrop::RetriesExhausted => "retries_exhausted",
@@ -92,9 +239,6 @@ pub fn install() -> PrometheusHandle {
             describe_operations();
             gauge!("kube_log_relay_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             register_initial();
-            counter!("kube_log_relay_position_writes_total").absolute(0);
-            counter!("kube_log_relay_position_write_errors_total").absolute(0);
-            gauge!("kube_log_relay_positions_lag_seconds").set(0.0);
             handle
         })
         .clone()
@@ -209,13 +353,33 @@ pub fn stream_opened() {
     counter!("kube_log_relay_stream_opens_total").increment(1);
 }
 
-/// A log stream failed; `kind` is a short fixed word (`connect`, `status`, `read`, `timeout`).
+/// A log stream failed.
+pub fn stream_failed(kind: StreamErrorKind) {
+    counter!("kube_log_relay_stream_errors_total", "kind" => kind.as_str()).increment(1);
+}
+
+/// A log stream failed; `kind` is the label of one of [`StreamErrorKind::ALL`] (an unknown word
+/// is a bug, counted anyway so that it shows). Prefer [`stream_failed`].
 pub fn stream_error(kind: &'static str) {
+    debug_assert!(
+        StreamErrorKind::from_label(kind).is_some(),
+        "unknown stream error kind {kind:?}: add it to StreamErrorKind"
+    );
     counter!("kube_log_relay_stream_errors_total", "kind" => kind).increment(1);
 }
 
 /// Number of targets in each state, set by the registry after every change.
+pub fn targets_in(state: TargetsState, n: usize) {
+    gauge!("kube_log_relay_targets", "state" => state.as_str()).set(n as f64);
+}
+
+/// Like [`targets_in`] with the state's label (`waiting`, `running`, …, see
+/// [`TargetsState::ALL`]).
 pub fn targets(state: &'static str, n: usize) {
+    debug_assert!(
+        TargetsState::ALL.iter().any(|s| s.as_str() == state),
+        "unknown target state {state:?}: add it to TargetsState"
+    );
     gauge!("kube_log_relay_targets", "state" => state).set(n as f64);
 }
 
@@ -336,8 +500,24 @@ fn register_initial() {
     ] {
         counter!(name).increment(0);
     }
-    counter!("kube_log_relay_lines_dropped_total", "reason" => LineDrop::TooLong.as_str())
-        .increment(0);
+    for reason in LineDrop::ALL {
+        counter!("kube_log_relay_lines_dropped_total", "reason" => reason.as_str()).increment(0);
+    }
+    for kind in StreamErrorKind::ALL {
+        counter!("kube_log_relay_stream_errors_total", "kind" => kind.as_str()).increment(0);
+    }
+    for state in TargetsState::ALL {
+        gauge!("kube_log_relay_targets", "state" => state.as_str()).set(0.0);
+    }
+    // The status code is not known in advance; each verb is exported with the code a working
+    // API server answers, so that `rate(...{verb="log"})` exists before the first request.
+    for verb in ApiVerb::ALL {
+        counter!("kube_log_relay_api_requests_total", "verb" => verb.as_str(), "code" => "200")
+            .increment(0);
+    }
+    counter!("kube_log_relay_position_writes_total").increment(0);
+    counter!("kube_log_relay_position_write_errors_total").increment(0);
+    gauge!("kube_log_relay_positions_lag_seconds").set(0.0);
     // No limiter exists yet, so nothing ever waits: the histogram stays empty.
     let _registered = histogram!("kube_log_relay_api_rate_limit_wait_seconds");
     gauge!("kube_log_relay_api_connections").increment(0.0);
@@ -354,14 +534,11 @@ pub fn register_receiver(receiver: &str) {
     counter!("loki_write_sent_bytes_total", "receiver" => r.clone()).increment(0);
     counter!("loki_write_batch_retries_total", "receiver" => r.clone()).increment(0);
     gauge!("kube_log_relay_receiver_queue_bytes", "receiver" => r.clone()).increment(0.0);
-    for reason in [
-        SendDrop::Rejected,
-        SendDrop::RetriesExhausted,
-        SendDrop::QueueFull,
-        SendDrop::LineTooLong,
-        SendDrop::InvalidLabels,
-        SendDrop::ReceiverRemoved,
-    ] {
+    // Registered without an observation: exported with empty buckets.
+    let _registered = histogram!("loki_write_request_size_bytes", "receiver" => r.clone());
+    let _registered =
+        histogram!("loki_write_entry_propagation_latency_seconds", "receiver" => r.clone());
+    for reason in SendDrop::ALL {
         counter!("loki_write_dropped_entries_total", "receiver" => r.clone(), "reason" => reason.as_str())
             .increment(0);
         counter!("loki_write_dropped_bytes_total", "receiver" => r.clone(), "reason" => reason.as_str())
@@ -372,6 +549,10 @@ pub fn register_receiver(receiver: &str) {
 /// One Kubernetes API request finished; `verb` is one of a fixed set, `code` the HTTP status or
 /// `"error"`.
 pub fn api_request(verb: &'static str, code: &str) {
+    debug_assert!(
+        ApiVerb::ALL.iter().any(|v| v.as_str() == verb),
+        "unknown API verb {verb:?}: add it to ApiVerb"
+    );
     counter!("kube_log_relay_api_requests_total", "verb" => verb, "code" => code.to_string())
         .increment(1);
 }

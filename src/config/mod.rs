@@ -10,6 +10,9 @@ pub mod error;
 pub mod expand;
 pub mod model;
 pub mod raw;
+pub mod redact;
+#[cfg(test)]
+mod reference;
 pub mod units;
 pub mod validate;
 
@@ -241,7 +244,7 @@ mod tests {
             cert_file = "/tls.crt"
             key_pem = "-----BEGIN PRIVATE KEY-----\n..."
             insecure_skip_verify = true
-            min_version = "TLS13"
+            min_version = "TLS12"
             server_name = "kubernetes"
             [discovery]
             namespaces = ["default", "kube-system", "default"]
@@ -331,7 +334,7 @@ mod tests {
                 ))),
                 insecure_skip_verify: true,
                 server_name: Some("kubernetes".into()),
-                min_version: Some(TlsVersion::Tls13),
+                min_version: Some(TlsVersion::Tls12),
             }
         );
         let d = &config.discovery;
@@ -446,7 +449,7 @@ mod tests {
         let errors = errors_of("[loki.a]\nurl = \"ftp://u:hunter2@loki/push\"\n");
         assert_eq!(
             errors,
-            [r#"loki.a.url: "ftp://<redacted>@loki/push" is not an http:// or https:// URL"#]
+            [r#"loki.a.url: "ftp://<secret>@loki/push" is not an http:// or https:// URL"#]
         );
         let config = ok("[loki.a]\nurl = \"https://u:p@loki/push\"\n");
         assert_eq!(config.loki["a"].url, "https://u:p@loki/push");
@@ -585,6 +588,115 @@ mod tests {
     }
 
     #[test]
+    fn check_refuses_what_the_start_cannot_do() {
+        let errors = errors_of(&with_receiver(
+            r#"
+            [kubernetes]
+            proxy_url = "https://user:pw@proxy:3128"
+            [kubernetes.tls_config]
+            min_version = "TLS13"
+            [loki.a]
+            url = "https://loki/push"
+            proxy_url = "HTTPS://proxy:3128"
+            "#,
+        ));
+        assert_eq!(
+            errors,
+            [
+                r#"kubernetes.tls_config.min_version: "TLS13" is not supported for the Kubernetes client yet (its TLS stack always offers TLS 1.2 and 1.3 and cannot be narrowed); remove the key or set "TLS12" — TLS 1.3 is still used whenever the API server offers it"#,
+                r#"kubernetes.proxy_url: "https://<secret>@proxy:3128" is an https:// proxy: only http:// proxies are supported (an https server is still reached with end-to-end TLS through the proxy's CONNECT tunnel)"#,
+                r#"loki.a.proxy_url: "HTTPS://proxy:3128" is an https:// proxy: only http:// proxies are supported (an https server is still reached with end-to-end TLS through the proxy's CONNECT tunnel)"#,
+            ]
+        );
+        // Receivers build their own rustls configuration: TLS 1.3 only works there.
+        let config = ok(r#"
+            [loki.a]
+            url = "https://loki/push"
+            proxy_url = "http://proxy:3128"
+            [loki.a.tls_config]
+            min_version = "TLS13"
+            "#);
+        assert_eq!(config.loki["a"].tls.min_version, Some(TlsVersion::Tls13));
+    }
+
+    #[test]
+    fn every_duration_and_size_has_an_upper_bound() {
+        let errors = errors_of(&with_receiver(
+            r#"
+            [kubernetes]
+            qps = 1e-300
+            [tail]
+            start_from = "31d"
+            max_line_size = "65MiB"
+            min_backoff = "25h"
+            max_backoff = "1000000000y"
+            max_stream_lifetime = "99999999999999999999999s"
+            terminated_grace = "2h"
+            [positions]
+            backend = "file"
+            path = "/p"
+            sync_period = "61m"
+            gc_after = "31d"
+            [loki.a]
+            url = "http://a"
+            batch_size = 67108865
+            batch_wait = "2h"
+            buffer_size = "17GiB"
+            min_backoff = "2d"
+            max_backoff = "2d"
+            remote_timeout = "2h"
+            max_line_size = "99999999999TiB"
+            [shutdown]
+            timeout = "2h"
+            [clustering]
+            lease_duration = "2h"
+            renew_interval = "2h"
+            "#,
+        ));
+        assert_eq!(
+            errors,
+            [
+                "kubernetes.qps: 1e-300 is out of range (requests per second, from 0.001 to 1000000)",
+                r#"tail.start_from: "31d" is too large (at most "30d")"#,
+                r#"tail.max_line_size: "65MiB" is too large (at most "64MiB")"#,
+                r#"tail.min_backoff: "25h" is too large (at most "24h")"#,
+                r#"tail.max_backoff: "1000000000y" is too large (at most "24h")"#,
+                r#"tail.max_stream_lifetime: "99999999999999999999999s" is too large (at most "24h")"#,
+                r#"tail.terminated_grace: "2h" is too large (at most "1h")"#,
+                r#"positions.sync_period: "61m" is too large (at most "1h")"#,
+                r#"positions.gc_after: "31d" is too large (at most "30d")"#,
+                r#"loki.a.batch_size: 67108865 is too large (at most "64MiB")"#,
+                r#"loki.a.buffer_size: "17GiB" is too large (at most "16GiB")"#,
+                r#"loki.a.min_backoff: "2d" is too large (at most "24h")"#,
+                r#"loki.a.max_backoff: "2d" is too large (at most "24h")"#,
+                r#"loki.a.batch_wait: "2h" is too large (at most "1h")"#,
+                r#"loki.a.remote_timeout: "2h" is too large (at most "1h")"#,
+                r#"loki.a.max_line_size: "99999999999TiB" is too large (at most "64MiB")"#,
+                r#"shutdown.timeout: "2h" is too large (at most "1h")"#,
+                r#"clustering.lease_duration: "2h" is too large (at most "1h")"#,
+                r#"clustering.renew_interval: "2h" is too large (at most "1h")"#,
+            ]
+        );
+        // The bounds themselves are accepted.
+        ok(&with_receiver(
+            r#"
+            [tail]
+            start_from = "30d"
+            max_line_size = "64MiB"
+            max_backoff = "24h"
+            max_stream_lifetime = "24h"
+            terminated_grace = "1h"
+            [loki.a]
+            url = "http://a"
+            batch_size = "64MiB"
+            buffer_size = "16GiB"
+            max_backoff = "24h"
+            batch_wait = "1h"
+            "#,
+        ));
+    }
+
+    #[test]
     fn bad_regex() {
         let errors = errors_of(&with_receiver(
             "[[relabel]]\naction = \"keep\"\n[[relabel]]\naction = \"drop\"\n[[relabel]]\nsource_labels = [\"a\"]\nregex = \"(\"\naction = \"keep\"\n",
@@ -713,7 +825,7 @@ mod tests {
         assert_eq!(
             errors,
             [
-                "kubernetes.qps: must be a number > 0 (requests per second)",
+                "kubernetes.qps: 0.0 is out of range (requests per second, from 0.001 to 1000000)",
                 "kubernetes.burst: must be > 0",
                 r#"tail.start_from: "yesterday" is not "beginning", "end" or a duration (examples: "beginning", "end", "10m")"#,
                 "tail.min_backoff: must not exceed tail.max_backoff",

@@ -3,15 +3,23 @@
 //! Produced only by [`crate::config::load`]/[`crate::config::parse`] after validation, so the
 //! rest of the program never sees an unchecked value: durations are `Duration`, sizes are byte
 //! counts, regexes are compiled, exclusive options are enums.
+//!
+//! Every type serializes (for `GET /api/v1/config`, SPEC §8.3) in the shape of the TOML file:
+//! the same keys, human durations, exclusive options back under their own keys, and every
+//! secret redacted ([`super::redact`]). A test keeps that shape and `config.toml` in step.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use regex::Regex;
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+
+use super::redact;
 
 /// The whole configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Config {
     pub kubernetes: KubernetesConfig,
     pub discovery: DiscoveryConfig,
@@ -28,13 +36,17 @@ pub struct Config {
 }
 
 /// `[kubernetes]`: how to reach the API server (SPEC §4.1).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct KubernetesConfig {
     /// `api_server`; `None` = kubeconfig, then in-cluster, then `~/.kube/config`.
+    #[serde(serialize_with = "redact::optional_url")]
     pub api_server: Option<String>,
     pub kubeconfig_file: Option<PathBuf>,
+    #[serde(flatten)]
     pub auth: Auth,
+    #[serde(rename = "tls_config")]
     pub tls: TlsConfig,
+    #[serde(flatten)]
     pub proxy: ProxyConfig,
     pub http_headers: BTreeMap<String, Vec<Secret>>,
     pub enable_http2: bool,
@@ -45,7 +57,7 @@ pub struct KubernetesConfig {
     pub max_streams_per_connection: u32,
 }
 
-/// A secret value: never printed by `Debug`, redacted when served.
+/// A secret value: never printed by `Debug`, serialized as [`redact::REDACTED`].
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(pub String);
 
@@ -87,6 +99,55 @@ pub enum Credential {
     File(PathBuf),
 }
 
+/// The keys of the TOML file: `bearer_token`, `bearer_token_file`, `authorization`,
+/// `basic_auth` (none without authentication); flattened into the client's table.
+impl Serialize for Auth {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        match self {
+            Auth::None => {}
+            Auth::BearerToken(token) => map.serialize_entry("bearer_token", token)?,
+            Auth::BearerTokenFile(path) => map.serialize_entry("bearer_token_file", path)?,
+            Auth::Authorization { kind, credentials } => map.serialize_entry(
+                "authorization",
+                &CredentialTable {
+                    first: ("type", kind),
+                    credential: credentials,
+                    keys: ("credentials", "credentials_file"),
+                },
+            )?,
+            Auth::Basic { username, password } => map.serialize_entry(
+                "basic_auth",
+                &CredentialTable {
+                    first: ("username", username),
+                    credential: password,
+                    keys: ("password", "password_file"),
+                },
+            )?,
+        }
+        map.end()
+    }
+}
+
+/// `{ <first>, <inline key> | <file key> }`: the table of `authorization` and `basic_auth`.
+struct CredentialTable<'a> {
+    first: (&'static str, &'a String),
+    credential: &'a Credential,
+    keys: (&'static str, &'static str),
+}
+
+impl Serialize for CredentialTable<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry(self.first.0, self.first.1)?;
+        match self.credential {
+            Credential::Inline(secret) => map.serialize_entry(self.keys.0, secret)?,
+            Credential::File(path) => map.serialize_entry(self.keys.1, path)?,
+        }
+        map.end()
+    }
+}
+
 /// `tls_config` of a client.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TlsConfig {
@@ -98,6 +159,34 @@ pub struct TlsConfig {
     pub min_version: Option<TlsVersion>,
 }
 
+/// As in the TOML file: `ca_pem` or `ca_file` (and the same for `cert` and `key`).
+impl Serialize for TlsConfig {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let TlsConfig {
+            ca,
+            cert,
+            key,
+            insecure_skip_verify,
+            server_name,
+            min_version,
+        } = self;
+        let mut map = serializer.serialize_map(None)?;
+        for (name, source) in [("ca", ca), ("cert", cert), ("key", key)] {
+            match source {
+                None => {}
+                Some(PemSource::Inline(pem)) => map.serialize_entry(&format!("{name}_pem"), pem)?,
+                Some(PemSource::File(path)) => {
+                    map.serialize_entry(&format!("{name}_file"), path)?
+                }
+            }
+        }
+        map.serialize_entry("insecure_skip_verify", insecure_skip_verify)?;
+        map.serialize_entry("server_name", server_name)?;
+        map.serialize_entry("min_version", min_version)?;
+        map.end()
+    }
+}
+
 /// PEM text given inline (`*_pem`) or by path (`*_file`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum PemSource {
@@ -106,9 +195,11 @@ pub enum PemSource {
 }
 
 /// `min_version`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum TlsVersion {
+    #[serde(rename = "TLS12")]
     Tls12,
+    #[serde(rename = "TLS13")]
     Tls13,
 }
 
@@ -121,6 +212,31 @@ pub struct ProxyConfig {
     pub no_proxy: Vec<String>,
     /// `proxy_connect_header`: headers sent to the proxy with `CONNECT`.
     pub connect_headers: BTreeMap<String, Vec<Secret>>,
+}
+
+/// As in the TOML file: `proxy_url`, `no_proxy`, `proxy_from_environment`,
+/// `proxy_connect_header`; flattened into the client's table.
+impl Serialize for ProxyConfig {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let ProxyConfig {
+            mode,
+            no_proxy,
+            connect_headers,
+        } = self;
+        let mut map = serializer.serialize_map(Some(4))?;
+        let url = match mode {
+            ProxyMode::Url(url) => Some(redact::redact_url(url)),
+            ProxyMode::Direct | ProxyMode::FromEnvironment => None,
+        };
+        map.serialize_entry("proxy_url", &url)?;
+        map.serialize_entry("no_proxy", no_proxy)?;
+        map.serialize_entry(
+            "proxy_from_environment",
+            &matches!(mode, ProxyMode::FromEnvironment),
+        )?;
+        map.serialize_entry("proxy_connect_header", connect_headers)?;
+        map.end()
+    }
 }
 
 /// Whether and how a client goes through a proxy.
@@ -136,7 +252,7 @@ pub enum ProxyMode {
 }
 
 /// `[discovery]` (SPEC §4.2).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct DiscoveryConfig {
     /// Empty = all namespaces.
     pub namespaces: Vec<String>,
@@ -148,18 +264,19 @@ pub struct DiscoveryConfig {
 }
 
 /// `attach_metadata = { node, namespace }`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct AttachMetadata {
     pub node: bool,
     pub namespace: bool,
 }
 
 /// One `[[relabel]]` rule, Prometheus semantics (SPEC §4.3).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct RelabelRule {
     pub source_labels: Vec<String>,
     pub separator: String,
-    /// Fully anchored: `^(?s:<regex>)$`.
+    /// Fully anchored: `^(?s:<regex>)$`; serialized as written.
+    #[serde(serialize_with = "regex_as_written")]
     pub regex: Regex,
     pub modulus: u64,
     pub target_label: String,
@@ -167,8 +284,19 @@ pub struct RelabelRule {
     pub action: RelabelAction,
 }
 
+/// The regex as the file wrote it: validation wrapped it as `^(?s:…)$` to anchor it.
+fn regex_as_written<S: Serializer>(regex: &Regex, serializer: S) -> Result<S::Ok, S::Error> {
+    let anchored = regex.as_str();
+    let written = anchored
+        .strip_prefix("^(?s:")
+        .and_then(|r| r.strip_suffix(")$"))
+        .unwrap_or(anchored);
+    serializer.serialize_str(written)
+}
+
 /// Relabel actions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RelabelAction {
     Replace,
     Keep,
@@ -184,20 +312,24 @@ pub enum RelabelAction {
 }
 
 /// A `[[targets]]` entry: explicit labels (must resolve the identity labels).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct StaticTarget {
     pub labels: BTreeMap<String, String>,
 }
 
 /// `[tail]` (SPEC §4.6, §5).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TailConfig {
     pub start_from: StartFrom,
     pub max_line_size: usize,
     pub on_long_line: OnLongLine,
+    #[serde(serialize_with = "redact::duration")]
     pub min_backoff: Duration,
+    #[serde(serialize_with = "redact::duration")]
     pub max_backoff: Duration,
+    #[serde(serialize_with = "redact::duration")]
     pub max_stream_lifetime: Duration,
+    #[serde(serialize_with = "redact::duration")]
     pub terminated_grace: Duration,
     pub chunk_lines: usize,
 }
@@ -226,18 +358,33 @@ pub enum StartFrom {
     Ago(Duration),
 }
 
+/// `"beginning"`, `"end"` or a duration, as written.
+impl Serialize for StartFrom {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            StartFrom::Beginning => serializer.serialize_str("beginning"),
+            StartFrom::End => serializer.serialize_str("end"),
+            StartFrom::Ago(ago) => redact::duration(ago, serializer),
+        }
+    }
+}
+
 /// What to do with a line longer than `max_line_size`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnLongLine {
     Truncate,
     Drop,
 }
 
 /// `[positions]` (SPEC §4.4).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PositionsConfig {
+    #[serde(flatten)]
     pub backend: PositionsBackend,
+    #[serde(serialize_with = "redact::duration")]
     pub sync_period: Duration,
+    #[serde(serialize_with = "redact::duration")]
     pub gc_after: Duration,
 }
 
@@ -260,24 +407,50 @@ pub enum PositionsBackend {
     Kubernetes,
 }
 
+/// `backend = "memory" | "file" | "kubernetes"`, with `path` for the file; flattened into
+/// `[positions]`.
+impl Serialize for PositionsBackend {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        match self {
+            PositionsBackend::Memory => map.serialize_entry("backend", "memory")?,
+            PositionsBackend::File(path) => {
+                map.serialize_entry("backend", "file")?;
+                map.serialize_entry("path", path)?;
+            }
+            PositionsBackend::Kubernetes => map.serialize_entry("backend", "kubernetes")?,
+        }
+        map.end()
+    }
+}
+
 /// `[loki.<name>]` (SPEC §4.5).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LokiConfig {
+    #[serde(serialize_with = "redact::url")]
     pub url: String,
     pub tenant_id: Option<String>,
     pub headers: BTreeMap<String, Secret>,
+    #[serde(serialize_with = "pairs_as_table")]
     pub external_labels: Vec<(String, String)>,
     pub batch_size: usize,
+    #[serde(serialize_with = "redact::duration")]
     pub batch_wait: Duration,
     pub buffer_size: usize,
     pub on_full: OnFull,
+    #[serde(serialize_with = "redact::duration")]
     pub min_backoff: Duration,
+    #[serde(serialize_with = "redact::duration")]
     pub max_backoff: Duration,
     pub max_retries: u32,
     pub retry_on_http_429: bool,
+    #[serde(serialize_with = "redact::duration")]
     pub remote_timeout: Duration,
+    #[serde(flatten)]
     pub auth: Auth,
+    #[serde(rename = "tls_config")]
     pub tls: TlsConfig,
+    #[serde(flatten)]
     pub proxy: ProxyConfig,
     pub enable_http2: bool,
     pub max_label_names: usize,
@@ -316,21 +489,31 @@ impl LokiConfig {
     }
 }
 
+/// `external_labels` as the table the file wrote.
+fn pairs_as_table<S: Serializer>(
+    pairs: &[(String, String)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(pairs.iter().map(|(k, v)| (k, v)))
+}
+
 /// `on_full`: what a receiver does when its queue is full.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnFull {
     Block,
     Drop,
 }
 
 /// `[stdout]`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StdoutConfig {
     pub format: LogFormat,
 }
 
 /// `logfmt` or `json`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
     Logfmt,
@@ -338,7 +521,7 @@ pub enum LogFormat {
 }
 
 /// `[server]`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ServerConfig {
     pub listen: String,
     pub log_level: String,
@@ -356,8 +539,9 @@ impl Default for ServerConfig {
 }
 
 /// `[shutdown]`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ShutdownConfig {
+    #[serde(serialize_with = "redact::duration")]
     pub timeout: Duration,
 }
 
@@ -370,7 +554,7 @@ impl Default for ShutdownConfig {
 }
 
 /// `[clustering]` (SPEC §7): replicas share the targets through Kubernetes Leases.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ClusteringConfig {
     pub enabled: bool,
     /// `identity`; `None` = resolved at start-up: `POD_NAME`, else the hostname.
@@ -378,7 +562,9 @@ pub struct ClusteringConfig {
     /// `namespace` of the Leases; `None` = the pod's namespace from the service-account mount,
     /// else `default`.
     pub namespace: Option<String>,
+    #[serde(serialize_with = "redact::duration")]
     pub lease_duration: Duration,
+    #[serde(serialize_with = "redact::duration")]
     pub renew_interval: Duration,
 }
 

@@ -16,6 +16,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{text:?} is not a duration {DURATION_EXAMPLES}"))
 }
 
+/// Whether `text` is a duration too large to represent at all (`"99999999999999999999y"`), as
+/// opposed to one that is not a duration.
+pub fn duration_overflows(text: &str) -> bool {
+    matches!(
+        humantime::parse_duration(text.trim()),
+        Err(humantime::DurationError::NumberOverflow)
+    )
+}
+
 /// Parses a human size into bytes: `"1024"` (bytes), `"64MB"` (1000²), `"1MiB"` (1024²),
 /// `"1.5GiB"`; units are `B`, `KB`/`MB`/`GB`/`TB` (powers of 1000) and `KiB`/`MiB`/`GiB`/`TiB`
 /// (powers of 1024), in any letter case, optionally after a space. A fraction of a byte is

@@ -100,3 +100,6 @@ impl Handler<Shutdown> for Forwarder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

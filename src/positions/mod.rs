@@ -216,16 +216,8 @@ impl PositionsTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunk::test_support::target_id as id;
     use crate::cursor::Cursor;
-
-    fn id(pod: &str) -> TargetId {
-        TargetId {
-            namespace: "ns".into(),
-            pod: pod.into(),
-            container: "c".into(),
-            uid: format!("u-{pod}"),
-        }
-    }
 
     fn pos(since: i64, skip: u64) -> Position {
         Position {

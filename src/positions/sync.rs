@@ -1,6 +1,9 @@
 //! The sync task: writes the positions table every `sync_period` and once more at shutdown,
 //! collects vanished targets' positions after `gc_after`, and publishes the lag metric.
+//!
+//! The task runs on the actors' thread; each write runs on a blocking thread, one at a time.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,8 +11,9 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use tokio::sync::watch;
 
-use super::{PositionsTable, file};
+use super::{PositionsTable, Stored, file};
 use crate::config::{PositionsBackend, PositionsConfig};
+use crate::target::TargetId;
 use crate::telemetry;
 
 /// Where the table is written.
@@ -49,24 +53,27 @@ impl Backend {
         })
     }
 
-    /// Writes the table if it changed; counts writes and errors.
-    pub fn sync(&self, table: &PositionsTable) {
-        let Backend::File(path) = self else {
-            // Nothing to write, but keep the table from reporting stale changes.
-            let _ = table.take_dirty();
-            return;
-        };
-        let Some(entries) = table.take_dirty() else {
-            return;
-        };
-        match file::save(path, &entries) {
-            Ok(()) => telemetry::position_write(),
-            Err(e) => {
-                table.mark_dirty();
-                telemetry::position_write_error();
-                tracing::error!(error = %e, "positions not saved; retrying at the next sync");
-            }
+    /// Where writes go: nothing for `Memory`.
+    fn store(&self) -> Option<Arc<dyn Store>> {
+        match self {
+            Backend::Memory => None,
+            Backend::File(path) => Some(Arc::new(FileStore(path.clone()))),
         }
+    }
+}
+
+/// Persists a whole table. Called on a blocking thread, one call at a time.
+pub trait Store: Send + Sync + 'static {
+    /// Replaces what is stored with `entries`.
+    fn save(&self, entries: &BTreeMap<TargetId, Stored>) -> Result<(), PositionsError>;
+}
+
+/// The `file` backend as a [`Store`].
+struct FileStore(PathBuf);
+
+impl Store for FileStore {
+    fn save(&self, entries: &BTreeMap<TargetId, Stored>) -> Result<(), PositionsError> {
+        Ok(file::save(&self.0, entries)?)
     }
 }
 
@@ -75,6 +82,16 @@ impl Backend {
 pub async fn run(
     table: Arc<PositionsTable>,
     backend: Backend,
+    config: PositionsConfig,
+    stop: watch::Receiver<bool>,
+) {
+    run_with(table, backend.store(), config, stop).await
+}
+
+/// [`run`] writing through `store` (`None`: nothing is persisted).
+async fn run_with(
+    table: Arc<PositionsTable>,
+    store: Option<Arc<dyn Store>>,
     config: PositionsConfig,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -93,7 +110,174 @@ pub async fn run(
             );
         }
         telemetry::positions_lag(table.lag(Instant::now()));
-        backend.sync(&table);
+        write(&table, store.as_ref()).await;
     }
-    backend.sync(&table);
+    write(&table, store.as_ref()).await;
+}
+
+/// Writes the table if it changed; counts writes and errors.
+///
+/// This task shares its thread with the registry and every tailer, and serialising and
+/// fsyncing thousands of positions takes long enough to stall every stream: the write runs on
+/// a blocking thread. The loop awaits it before the next tick, so two writes never overlap (a
+/// tick missed meanwhile is delayed, not queued); changes made during a write mark the table
+/// dirty again for the next one.
+async fn write(table: &PositionsTable, store: Option<&Arc<dyn Store>>) {
+    let Some(store) = store else {
+        // Nothing to write, but keep the table from reporting stale changes.
+        let _ = table.take_dirty();
+        return;
+    };
+    let Some(entries) = table.take_dirty() else {
+        return;
+    };
+    let store = store.clone();
+    let error = match tokio::task::spawn_blocking(move || store.save(&entries)).await {
+        Ok(Ok(())) => {
+            telemetry::position_write();
+            return;
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => format!("the write was cancelled or panicked: {e}"),
+    };
+    table.mark_dirty();
+    telemetry::position_write_error();
+    tracing::error!(error, "positions not saved; retrying at the next sync");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::cursor::{Cursor, Position};
+
+    /// A store whose writes block until the test releases them (or, so that a test that fails
+    /// does not hang, until they give up after 2 s and say so).
+    struct Gate {
+        release: Mutex<mpsc::Receiver<()>>,
+        started: AtomicUsize,
+        running: AtomicUsize,
+        max_running: AtomicUsize,
+        gave_up: AtomicBool,
+        last: Mutex<Option<BTreeMap<TargetId, Stored>>>,
+    }
+
+    impl Store for Gate {
+        fn save(&self, entries: &BTreeMap<TargetId, Stored>) -> Result<(), PositionsError> {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_running.fetch_max(now, Ordering::SeqCst);
+            let released = self
+                .release
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(2));
+            if released.is_err() {
+                self.gave_up.store(true, Ordering::SeqCst);
+            }
+            *self.last.lock().unwrap() = Some(entries.clone());
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn id() -> TargetId {
+        crate::chunk::test_support::target_id("p")
+    }
+
+    fn pos(skip: u64) -> Position {
+        Position {
+            container_id: None,
+            cursor: Cursor { since: 1, skip },
+        }
+    }
+
+    /// Polls `cond` on this runtime every 2 ms, failing after `limit` of wall-clock time.
+    async fn wait(what: &str, limit: Duration, cond: impl Fn() -> bool) {
+        let start = std::time::Instant::now();
+        while !cond() {
+            assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// On a single-threaded runtime like the actors': while a write is blocked, another task on
+    /// that thread (a tailer) keeps running, and no second write starts however many sync
+    /// periods pass; the changes made meanwhile are written next.
+    #[test]
+    fn a_blocked_write_stalls_neither_the_thread_nor_starts_a_second_write() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (release, gate_rx) = mpsc::channel();
+            let gate = Arc::new(Gate {
+                release: Mutex::new(gate_rx),
+                started: AtomicUsize::new(0),
+                running: AtomicUsize::new(0),
+                max_running: AtomicUsize::new(0),
+                gave_up: AtomicBool::new(false),
+                last: Mutex::new(None),
+            });
+            let table = Arc::new(PositionsTable::default());
+            table.update(&id(), pos(1));
+            let config = PositionsConfig {
+                sync_period: Duration::from_millis(10),
+                ..PositionsConfig::default()
+            };
+            let (stop, stop_rx) = watch::channel(false);
+            let store: Arc<dyn Store> = gate.clone();
+            let sync = tokio::spawn(run_with(table.clone(), Some(store), config, stop_rx));
+            // Stands for a tailer sharing the thread: counts every 5 ms.
+            let ticks = Arc::new(AtomicUsize::new(0));
+            let ticker = tokio::spawn({
+                let ticks = ticks.clone();
+                async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        ticks.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+
+            let started = || gate.started.load(Ordering::SeqCst);
+            wait("the first write starts", Duration::from_secs(5), || {
+                started() == 1
+            })
+            .await;
+            assert!(
+                !gate.gave_up.load(Ordering::SeqCst),
+                "the write blocked the runtime's thread until it gave up"
+            );
+            table.update(&id(), pos(2));
+            let before = ticks.load(Ordering::SeqCst);
+            wait(
+                "the thread keeps running other tasks for 20 ticks (10 sync periods) while the write is blocked",
+                Duration::from_secs(1),
+                || ticks.load(Ordering::SeqCst) >= before + 20,
+            )
+            .await;
+            assert_eq!(started(), 1, "a second write started while one was running");
+
+            release.send(()).unwrap();
+            wait("the second write starts", Duration::from_secs(5), || {
+                started() == 2
+            })
+            .await;
+            release.send(()).unwrap();
+            stop.send(true).unwrap();
+            sync.await.unwrap();
+            ticker.abort();
+
+            assert_eq!(started(), 2, "nothing changed after the second write");
+            assert_eq!(gate.max_running.load(Ordering::SeqCst), 1);
+            assert!(!gate.gave_up.load(Ordering::SeqCst));
+            let last = gate.last.lock().unwrap().clone().unwrap();
+            assert_eq!(last[&id()].position, pos(2), "the change made meanwhile");
+        });
+    }
 }

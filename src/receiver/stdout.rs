@@ -14,6 +14,7 @@ use super::queue::{QueueStats, QueuedChunk};
 use super::{Flush, GetStatus, ReceiverStatus, Stop};
 use crate::chunk::Chunk;
 use crate::config::LogFormat;
+use crate::logging::{push_logfmt_quoted, push_logfmt_value};
 use crate::telemetry;
 
 /// Name of the stdout receiver in metrics and status.
@@ -124,14 +125,14 @@ pub fn write_chunk(out: &mut Vec<u8>, chunk: &Chunk, format: LogFormat) {
                 labels.push(' ');
                 labels.push_str(name);
                 labels.push('=');
-                logfmt_value(&mut labels, value);
+                push_logfmt_value(&mut labels, value);
             }
             let mut line = String::new();
             for entry in &chunk.entries {
                 // Writing to a Vec cannot fail.
                 let _ = write!(out, "ts={}{labels} line=", entry.timestamp);
                 line.clear();
-                logfmt_quoted(&mut line, &String::from_utf8_lossy(&entry.line));
+                push_logfmt_quoted(&mut line, &String::from_utf8_lossy(&entry.line));
                 out.extend_from_slice(line.as_bytes());
                 out.push(b'\n');
             }
@@ -155,37 +156,6 @@ pub fn write_chunk(out: &mut Vec<u8>, chunk: &Chunk, format: LogFormat) {
             }
         }
     }
-}
-
-/// A logfmt value: bare when it can be, quoted otherwise.
-fn logfmt_value(out: &mut String, value: &str) {
-    let bare = !value.is_empty()
-        && value
-            .chars()
-            .all(|c| c.is_ascii_graphic() && c != '"' && c != '=' && c != '\\');
-    if bare {
-        out.push_str(value);
-    } else {
-        logfmt_quoted(out, value);
-    }
-}
-
-fn logfmt_quoted(out: &mut String, value: &str) {
-    out.push('"');
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                let _ = std::fmt::Write::write_fmt(out, format_args!("\\u{{{:04x}}}", c as u32));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(test)]

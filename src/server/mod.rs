@@ -7,7 +7,7 @@
 //! | `GET /-/ready` | 200 once a configuration is loaded and the first discovery sync applied |
 //! | `GET /api/v1/targets` | every target with its state and progress; `?namespace=`, `?state=` |
 //! | `GET /api/v1/receivers` | every receiver's queue, last success and last error |
-//! | `GET /api/v1/config` | the effective configuration, every secret redacted ([`config_view`]) |
+//! | `GET /api/v1/config` | the effective configuration, every secret redacted (the model's `Serialize`, [`crate::config::redact`]) |
 //! | `GET /` | the status page ([`page`]): plain HTML, no JavaScript |
 //!
 //! What a reload replaces — the configuration and the receivers — lives in [`Live`], which the
@@ -15,7 +15,6 @@
 //! configuration and call [`Live::replace`]; the route is added next to the others in
 //! [`router`].
 
-pub mod config_view;
 pub mod page;
 pub mod process;
 
@@ -341,7 +340,7 @@ async fn receivers(State(state): State<ServerState>) -> Response {
 }
 
 async fn config(State(state): State<ServerState>) -> Response {
-    axum::Json(config_view::view(&state.live.current().config)).into_response()
+    axum::Json(&state.live.current().config).into_response()
 }
 
 async fn status_page(

@@ -292,17 +292,32 @@ impl Sim {
     }
 
     /// Resolves once at least `n` lines were written (for tests; waits for the container to
-    /// exist if it does not yet).
+    /// exist if it does not yet). Panics after 60 s (of tokio's clock, so at once under paused
+    /// time when nothing else can happen), naming the container, the count it waited for and
+    /// the count it saw — a wrong count fails the test instead of hanging it.
     pub async fn wait_written(&self, namespace: &str, pod: &str, container: &str, n: usize) {
-        let stats = loop {
-            match self.inner.cluster.stats(namespace, pod, container) {
-                Some(stats) => break stats,
-                None => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
+        const DEADLINE: Duration = Duration::from_secs(60);
+        let reached = async {
+            let stats = loop {
+                match self.inner.cluster.stats(namespace, pod, container) {
+                    Some(stats) => break stats,
+                    None => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            };
+            let mut written = stats.subscribe_written();
+            // The sender lives as long as `stats`, so `wait_for` only ends when the count is
+            // reached.
+            let _ = written.wait_for(|count| *count >= n as u64).await;
         };
-        let mut written = stats.subscribe_written();
-        // The sender lives as long as `stats`, so `wait_for` only ends when the count is reached.
-        let _ = written.wait_for(|count| *count >= n as u64).await;
+        if tokio::time::timeout(DEADLINE, reached).await.is_err() {
+            let seen = match self.inner.cluster.stats(namespace, pod, container) {
+                Some(stats) => format!("it wrote {}", stats.written_total()),
+                None => "the container does not exist".to_string(),
+            };
+            panic!(
+                "timed out after {DEADLINE:?} waiting for {namespace}/{pod}/{container} to write {n} lines: {seen}"
+            );
+        }
     }
 
     /// Connections accepted so far (over TLS: handshakes completed).

@@ -37,7 +37,8 @@ impl Backoff {
     /// The delay before the next attempt with `jitter` in [0, 1): `base × (½ + jitter/2)`.
     pub fn next_delay_with(&mut self, jitter: f64) -> Duration {
         let base = self.next;
-        self.next = (base * 2).min(self.max);
+        // Saturating: a doubling past `Duration::MAX` must stop at `max`, not panic.
+        self.next = base.saturating_mul(2).min(self.max);
         base.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
     }
 
@@ -90,6 +91,15 @@ mod tests {
         assert_eq!(b.next_delay_with(0.0), 2 * S);
         b.stream_ended(HEALTHY_AFTER);
         assert_eq!(b.next_delay_with(0.0), S / 2);
+    }
+
+    #[test]
+    fn huge_bounds_saturate_instead_of_overflowing() {
+        let mut b = Backoff::new(Duration::MAX / 3, Duration::MAX);
+        for _ in 0..10 {
+            assert!(b.next_delay_with(0.999) <= Duration::MAX);
+        }
+        assert_eq!(b.next, Duration::MAX);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The status page as a browser renders it (SPEC §8.3): a relay serves `/`, headless Chromium
 //! loads it and dumps the DOM it built, and the targets table must hold the expected pods.
 //!
-//! Kept apart so it can be skipped with a clear message where no browser is installed;
-//! `.ci/run` installs Debian's `chromium`, so CI always runs it.
+//! Kept apart so it can be skipped with a clear message where no browser is installed
+//! ([`support::require_tool`]); under `CI=true` a missing browser fails it, and `.ci/run`
+//! installs Debian's `chromium`.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -11,18 +12,6 @@ use std::time::Duration;
 use kube_log_relay::sim::{ContainerSpec, PodSpec, RestartPolicy};
 
 use crate::support::{self, all_finished};
-
-/// The Chromium binary, if one is installed.
-fn chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|dir| {
-            ["chromium", "chromium-browser"]
-                .into_iter()
-                .map(move |name| dir.join(name))
-        })
-        .find(|p| p.is_file())
-}
 
 /// Loads `url` in headless Chromium and returns the serialized DOM after the page loaded.
 async fn dump_dom(browser: &PathBuf, url: &str) -> String {
@@ -99,8 +88,10 @@ fn strip_tags(html: &str) -> String {
 
 #[actix_rt::test]
 async fn chromium_renders_the_targets_table_with_the_expected_pods() {
-    let Some(browser) = chromium() else {
-        println!("SKIPPED: chromium not installed (apt-get install chromium)");
+    let Some(browser) = support::require_tool(
+        &["chromium", "chromium-browser"],
+        "apt-get install chromium",
+    ) else {
         return;
     };
     let sim = support::sim().await;

@@ -70,6 +70,60 @@ fn check_accepts_the_reference_configuration() {
 }
 
 #[test]
+fn a_start_failure_names_each_cause_once_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    let ca = dir.path().join("missing-ca.crt");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[kubernetes]
+api_server = "https://127.0.0.1:6443"
+[kubernetes.tls_config]
+ca_file = "{}"
+
+[server]
+listen = "127.0.0.1:0"
+
+[stdout]
+"#,
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("kube-log-relay: "))
+        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"));
+    let os_error = std::fs::read(&ca).unwrap_err().to_string();
+    assert!(
+        line.starts_with(
+            "kube-log-relay: kubernetes client: kubernetes.tls_config.ca_file: cannot read"
+        ),
+        "outermost first: {line}"
+    );
+    for part in [
+        "kubernetes client",
+        "kubernetes.tls_config.ca_file",
+        &os_error,
+    ] {
+        assert_eq!(
+            line.matches(part).count(),
+            1,
+            "`{part}` said once in: {line}"
+        );
+    }
+}
+
+#[test]
 fn version_names_the_crate_version() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(out.status.success());

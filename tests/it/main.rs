@@ -3,6 +3,8 @@
 
 mod browser;
 mod cli;
+mod config_bounds;
+mod config_examples;
 mod lifecycle;
 mod pipeline;
 mod positions;

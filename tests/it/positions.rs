@@ -10,7 +10,9 @@ use jiff::Timestamp;
 use kube_log_relay::sim::loki::{LokiSink, ReceivedEntry};
 use kube_log_relay::sim::{ContainerSpec, PodSpec, RestartPolicy, Sim};
 
-use crate::support::{self, RelayProcess, assert_exactly_once, eventually, lines_of, multiset};
+use crate::support::{
+    self, Metrics, RelayProcess, assert_exactly_once, eventually, lines_of, multiset,
+};
 
 /// How often the test relays write positions.
 const SYNC_PERIOD: Duration = Duration::from_millis(200);
@@ -345,12 +347,6 @@ async fn a_corrupt_positions_file_stops_the_start_naming_it() {
     );
 }
 
-/// The value of an unlabelled metric in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 #[actix_rt::test]
 async fn position_writes_and_lag_are_measured() {
     let sim = support::sim().await;
@@ -364,13 +360,14 @@ async fn position_writes_and_lag_are_measured() {
         &support::loki_table("a", &sink, "max_retries = 100000"),
         "[shutdown]\ntimeout = \"500ms\"",
     );
-    let relay = support::relay(&text).await;
-    let addr = relay.http_addr();
+    // A process of its own: the lag gauge and the write counters are process-wide.
+    let mut relay = RelayProcess::start(dir.path(), &text, 0);
+    let addr = relay.http_addr().await;
     support::eventually_async("positions are written while Loki acknowledges", || async {
-        let (_, body) = support::http_get(addr, "/metrics").await;
-        metric(&body, "kube_log_relay_position_writes_total").is_some_and(|n| n >= 2.0)
-            && metric(&body, "kube_log_relay_position_write_errors_total") == Some(0.0)
-            && metric(&body, "kube_log_relay_positions_lag_seconds").is_some_and(|s| s < 1.0)
+        let m = Metrics::scrape(addr).await;
+        m.series("kube_log_relay_position_writes_total", &[]) >= 2.0
+            && m.series("kube_log_relay_position_write_errors_total", &[]) == 0.0
+            && m.series("kube_log_relay_positions_lag_seconds", &[]) < 1.0
     })
     .await;
     assert!(
@@ -381,11 +378,12 @@ async fn position_writes_and_lag_are_measured() {
     // Loki fails: nothing is acknowledged any more, so the oldest unacknowledged line ages.
     sink.fail_for(503, Duration::from_secs(3600));
     support::eventually_async("the lag grows while nothing is acknowledged", || async {
-        let (_, body) = support::http_get(addr, "/metrics").await;
-        metric(&body, "kube_log_relay_positions_lag_seconds").is_some_and(|s| s >= 1.5)
+        let m = Metrics::scrape(addr).await;
+        m.series("kube_log_relay_positions_lag_seconds", &[]) >= 1.5
     })
     .await;
-    relay.shutdown().await;
+    assert!(relay.alive());
+    relay.kill().await;
 }
 
 #[actix_rt::test]

@@ -5,32 +5,9 @@ use std::time::Duration;
 use kube_log_relay::sim::loki::Response;
 use kube_log_relay::sim::{ContainerSpec, PodSpec, RestartPolicy};
 
-use crate::support::{self, all_finished, assert_exactly_once, eventually, lines_of};
+use crate::support::{self, Metrics, all_finished, assert_exactly_once, eventually, lines_of};
 
 mod direct;
-
-/// The sum of the samples named `name` whose labels include `labels`, in Prometheus text (0 when
-/// none). Label values in these tests hold no commas or quotes.
-pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, pairs) = match series.split_once('{') {
-                Some((m, rest)) => (m, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let found: Vec<(&str, &str)> = pairs
-                .split(',')
-                .filter_map(|p| p.split_once('='))
-                .map(|(k, v)| (k, v.trim_matches('"')))
-                .collect();
-            (metric == name && labels.iter().all(|want| found.contains(want)))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
-}
 
 /// `namespace`, `pod` and `container` from discovery, then `extra` rules.
 fn relabel(extra: &str) -> String {
@@ -291,23 +268,19 @@ regex = "__meta_kubernetes_pod_label_(9lives)"
     let dropped = [("receiver", "limits"), ("reason", "invalid_labels")];
     let wide_lines = sim.written_lines("ns", "wide", "c").len() as f64;
     support::eventually_async("every line of the wide target is counted", || async {
-        let (_, metrics) = support::http_get(relay.http_addr(), "/metrics").await;
-        sample(&metrics, "loki_write_dropped_entries_total", &dropped) >= wide_lines
+        let m = Metrics::scrape(relay.http_addr()).await;
+        m.series("loki_write_dropped_entries_total", &dropped) >= wide_lines
     })
     .await;
-    let (code, metrics) = support::http_get(relay.http_addr(), "/metrics").await;
-    assert_eq!(code, 200);
+    // Scoped to this test's receiver, which no other relay of the process has.
+    let m = Metrics::scrape(relay.http_addr()).await;
     assert_eq!(
-        sample(&metrics, "loki_write_dropped_entries_total", &dropped),
+        m.series("loki_write_dropped_entries_total", &dropped),
         wide_lines,
-        "{metrics}"
+        "{m:?}"
     );
     assert_eq!(
-        sample(
-            &metrics,
-            "loki_write_sent_entries_total",
-            &[("receiver", "limits")]
-        ),
+        m.series("loki_write_sent_entries_total", &[("receiver", "limits")]),
         written.len() as f64
     );
     relay.shutdown().await;

@@ -3,7 +3,9 @@
 
 use kube_log_relay::sim::{ContainerSpec, PodSpec, RestartPolicy, Sim};
 
-use crate::support::{self, all_finished, assert_exactly_once, eventually, lines_of};
+use crate::support::{
+    self, Metrics, RelayProcess, all_finished, assert_exactly_once, eventually, lines_of,
+};
 
 fn steady_pods(sim: &Sim, n: usize) {
     for p in 0..n {
@@ -68,30 +70,32 @@ async fn an_invalid_file_is_refused_and_the_relay_keeps_delivering() {
     let sink = support::sink().await;
     steady_pods(&sim, 1);
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
     let text = support::base_config(&sim) + &support::loki_table("a", &sink, "");
-    let relay = support::relay_from_file(&path, &text).await;
+    // A process of its own: the reload gauge is process-wide, and other relays of this test
+    // process load configurations too.
+    let mut relay = RelayProcess::start(dir.path(), &text, 0);
+    let path = relay.config_path();
+    let addr = relay.http_addr().await;
+    let reload_successful = || async {
+        Metrics::scrape(addr)
+            .await
+            .series("kube_log_relay_config_last_reload_successful", &[])
+    };
     eventually("lines flow", || sink.entries().len() >= 20).await;
-    assert_eq!(
-        support::metric(&relay, "kube_log_relay_config_last_reload_successful").await,
-        Some(1.0)
-    );
+    assert_eq!(reload_successful().await, 1.0);
 
     std::fs::write(
         &path,
         text.replace("batch_wait = \"100ms\"", "batch_wait = \"5 parsecs\""),
     )
     .unwrap();
-    let (status, body) = support::http_post(relay.http_addr(), "/-/reload").await;
+    let (status, body) = support::http_post(addr, "/-/reload").await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body.contains("loki.a.batch_wait") && body.contains("5 parsecs"),
         "{body}"
     );
-    assert_eq!(
-        support::metric(&relay, "kube_log_relay_config_last_reload_successful").await,
-        Some(0.0)
-    );
+    assert_eq!(reload_successful().await, 0.0);
     let seen = sink.entries().len();
     eventually("still delivering with the old configuration", || {
         sink.entries().len() >= seen + 20
@@ -99,18 +103,20 @@ async fn an_invalid_file_is_refused_and_the_relay_keeps_delivering() {
     .await;
 
     std::fs::write(&path, &text).unwrap();
-    let (status, body) = support::http_post(relay.http_addr(), "/-/reload").await;
+    let (status, body) = support::http_post(addr, "/-/reload").await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        support::metric(&relay, "kube_log_relay_config_last_reload_successful").await,
-        Some(1.0)
-    );
+    assert_eq!(reload_successful().await, 1.0);
 
-    finish(&sim, &relay, 1).await;
-    relay.shutdown().await;
+    sim.exit_container("ns", "p-0", "c", 0);
+    let written = sim.written_lines("ns", "p-0", "c");
+    eventually("every line of p-0 arrives", || {
+        relay.alive() && lines_of(&sink.entries(), "ns", "p-0", "c").len() >= written.len()
+    })
+    .await;
+    relay.terminate().await;
     assert_exactly_once(
         "p-0",
-        &sim.written_lines("ns", "p-0", "c"),
+        &written,
         &lines_of(&sink.entries(), "ns", "p-0", "c"),
     );
 }
@@ -278,15 +284,14 @@ async fn removing_a_dead_receiver_lets_the_positions_move_on() {
         acknowledged().await.is_some()
     })
     .await;
-    let (_, metrics) = support::http_get(relay.http_addr(), "/metrics").await;
+    // Scoped to this test's receiver, which no other relay of the process has.
+    let m = Metrics::scrape(relay.http_addr()).await;
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("loki_write_dropped_entries_total")
-                && l.contains("receiver=\"dead\"")
-                && l.contains("reason=\"receiver_removed\"")
-                && !l.ends_with(" 0")),
-        "the removed receiver's lines are counted as dropped"
+        m.series(
+            "loki_write_dropped_entries_total",
+            &[("receiver", "dead"), ("reason", "receiver_removed")]
+        ) > 0.0,
+        "the removed receiver's lines are counted as dropped: {m:?}"
     );
 
     finish(&sim, &relay, 1).await;

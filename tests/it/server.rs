@@ -1,13 +1,18 @@
 //! The HTTP endpoints of a running relay (SPEC §8.2, §8.3): metrics, health, the debug API and
 //! the status page, read over real sockets.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
 
 use kube_log_relay::sim::{ContainerSpec, PodSpec, RestartPolicy, Sim};
-use prometheus_parse::{Scrape, Value};
+use kube_log_relay::telemetry::{ApiVerb, LineDrop, SendDrop, StreamErrorKind, TargetsState};
+use prometheus_parse::Value;
 use serde_json::json;
 
-use crate::support::{self, all_finished, eventually, eventually_async, http_get};
+use crate::support::{
+    self, Metrics, RelayProcess, all_finished, eventually, eventually_async, http_get,
+};
 
 /// A Job-like pod whose one container writes `lines` lines and exits.
 fn job(sim: &Sim, namespace: &str, pod: &str, lines: u64) {
@@ -36,72 +41,172 @@ fn readme_metrics() -> Vec<String> {
         .collect()
 }
 
-fn scrape(text: &str) -> Scrape {
-    Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text parses")
-}
-
-/// The samples of `name` with their labels, in a comparable form.
-fn samples<'a>(s: &'a Scrape, name: &str) -> Vec<(BTreeMap<String, String>, &'a Value)> {
-    s.samples
+/// The states of every target, as the child relay at `addr` serves them.
+async fn states(addr: SocketAddr) -> Vec<String> {
+    let (status, body) = http_get(addr, "/api/v1/targets").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    v["targets"]
+        .as_array()
+        .expect("a list of targets")
         .iter()
-        .filter(|x| x.metric == name)
-        .map(|x| {
-            let labels = x
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            (labels, &x.value)
-        })
+        .map(|t| t["state"].as_str().unwrap_or_default().to_string())
         .collect()
 }
 
-fn value(v: &Value) -> f64 {
-    match v {
-        Value::Counter(x) | Value::Gauge(x) | Value::Untyped(x) => *x,
-        other => panic!("not a single value: {other:?}"),
+/// Waits until the relay at `addr` has exactly `n` targets, all in `state`.
+async fn all_in_state(relay: &mut RelayProcess, addr: SocketAddr, n: usize, state: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        relay.alive();
+        let s = states(addr).await;
+        if s.len() == n && s.iter().all(|x| x == state) {
+            return;
+        }
+        assert!(
+            start.elapsed() < support::DEADLINE,
+            "timed out after {:?} waiting for {n} targets {state}; have {s:?}; relay log:\n{}",
+            support::DEADLINE,
+            relay.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 
-/// The value of the one series of `name` with exactly `labels`.
-fn series(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let want: BTreeMap<String, String> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let found: Vec<_> = samples(s, name)
-        .into_iter()
-        .filter(|(l, _)| *l == want)
-        .collect();
-    assert_eq!(found.len(), 1, "{name}{want:?} in {:?}", samples(s, name));
-    value(found[0].1)
+/// Runs `promtool check metrics` on `text`: whether it passed, and what it said.
+fn promtool_check_metrics(promtool: &Path, text: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool starts");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(text.as_bytes())
+        .expect("promtool reads the metrics");
+    let out = child.wait_with_output().expect("promtool runs");
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), report)
+}
+
+/// A relay process whose metrics nobody else records into (the recorder is process-wide).
+fn relay_process(dir: &Path, sim: &Sim, receivers: &str) -> RelayProcess {
+    RelayProcess::start(dir, &(support::base_config(sim) + receivers), 0)
+}
+
+#[actix_rt::test]
+async fn a_fresh_relay_exports_every_series_with_known_labels_at_zero() {
+    let sim = support::sim().await;
+    let sink = support::sink().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = relay_process(dir.path(), &sim, &support::loki_table("primary", &sink, ""));
+    let m = Metrics::scrape(relay.http_addr().await).await;
+
+    let zero = |name: &str, labels: &[(&str, &str)]| {
+        assert_eq!(
+            m.get(name, labels),
+            Some(0.0),
+            "{name}{labels:?} at 0 on a fresh relay; served:\n{}",
+            m.text()
+        );
+    };
+    for kind in StreamErrorKind::ALL {
+        zero(
+            "kube_log_relay_stream_errors_total",
+            &[("kind", kind.as_str())],
+        );
+    }
+    for reason in LineDrop::ALL {
+        zero(
+            "kube_log_relay_lines_dropped_total",
+            &[("reason", reason.as_str())],
+        );
+    }
+    for state in TargetsState::ALL {
+        zero("kube_log_relay_targets", &[("state", state.as_str())]);
+    }
+    for verb in ApiVerb::ALL {
+        // The pod list and watch may have been answered already.
+        assert!(
+            m.get(
+                "kube_log_relay_api_requests_total",
+                &[("verb", verb.as_str()), ("code", "200")]
+            )
+            .is_some(),
+            "verb {} is exported from the start:\n{}",
+            verb.as_str(),
+            m.text()
+        );
+    }
+    let primary = [("receiver", "primary")];
+    for reason in SendDrop::ALL {
+        let labels = [("receiver", "primary"), ("reason", reason.as_str())];
+        zero("loki_write_dropped_entries_total", &labels);
+        zero("loki_write_dropped_bytes_total", &labels);
+    }
+    for name in [
+        "loki_write_sent_entries_total",
+        "loki_write_sent_bytes_total",
+        "loki_write_batch_retries_total",
+        "kube_log_relay_receiver_queue_bytes",
+    ] {
+        zero(name, &primary);
+    }
+    for name in [
+        "loki_write_request_size_bytes",
+        "loki_write_entry_propagation_latency_seconds",
+    ] {
+        let histograms = m.samples(name);
+        assert!(
+            matches!(histograms.as_slice(), [(l, Value::Histogram(b))]
+                if l.get("receiver").map(String::as_str) == Some("primary")
+                    && b.iter().all(|b| b.count == 0.0)),
+            "{name} of receiver primary, empty, on a fresh relay: {histograms:?}"
+        );
+    }
+    for name in [
+        "kube_log_relay_lines_read_total",
+        "kube_log_relay_stream_opens_total",
+        "kube_log_relay_position_writes_total",
+        "kube_log_relay_position_write_errors_total",
+        "kube_log_relay_cluster_handovers_total",
+    ] {
+        zero(name, &[]);
+    }
+    relay.terminate().await;
 }
 
 #[actix_rt::test]
 async fn metrics_parse_and_hold_every_documented_metric() {
     let sim = support::sim().await;
     let sink = support::sink().await;
+    let dir = tempfile::tempdir().unwrap();
     job(&sim, "shop", "web-0", 300);
     job(&sim, "shop", "web-1", 20);
     // An API outage first: the log requests fail (503) and are counted as stream errors.
     sim.set_logs_available(false);
-    let config = support::base_config(&sim) + &support::loki_table("metrics_probe", &sink, "");
-    let relay = support::relay(&config).await;
-    eventually_async("both targets back off", || async {
-        let t = support::targets(&relay).await;
-        t.len() == 2 && t.iter().all(|v| v.state == "backoff")
-    })
-    .await;
+    let mut relay = relay_process(
+        dir.path(),
+        &sim,
+        &support::loki_table("metrics_probe", &sink, ""),
+    );
+    let addr = relay.http_addr().await;
+    all_in_state(&mut relay, addr, 2, "backoff").await;
     sim.set_logs_available(true);
-    all_finished(&relay, 2).await;
+    all_in_state(&mut relay, addr, 2, "finished").await;
     eventually("every line reached the sink", || {
         sink.entries().len() == 320
     })
     .await;
 
-    let (status, text) = http_get(relay.http_addr(), "/metrics").await;
-    assert_eq!(status, 200);
-    let s = scrape(&text);
+    let m = Metrics::scrape(addr).await;
+    let text = m.text();
 
     let documented = readme_metrics();
     for name in [
@@ -116,8 +221,8 @@ async fn metrics_parse_and_hold_every_documented_metric() {
     }
     let mut missing = Vec::new();
     for name in &documented {
-        let described = s.docs.contains_key(name);
-        let sampled = s.samples.iter().any(|x| x.metric == *name);
+        let described = m.is_described(name);
+        let sampled = !m.samples(name).is_empty();
         if !(described && sampled) {
             missing.push(format!("{name} (help: {described}, samples: {sampled})"));
         }
@@ -127,81 +232,70 @@ async fn metrics_parse_and_hold_every_documented_metric() {
         "missing from /metrics: {missing:#?}\n{text}"
     );
     // …and nothing exported goes undocumented.
-    let exported: BTreeSet<&String> = s.docs.keys().collect();
+    let exported: BTreeSet<&String> = m.described().collect();
     let documented: BTreeSet<&String> = documented.iter().collect();
     let undocumented: Vec<_> = exported.difference(&documented).collect();
     assert!(undocumented.is_empty(), "not in README: {undocumented:?}");
 
-    // Exact values where this relay alone decides them.
+    // Exact values: this process's recorder counts this relay alone.
     let probe = [("receiver", "metrics_probe")];
-    assert_eq!(series(&s, "loki_write_sent_entries_total", &probe), 320.0);
+    assert_eq!(m.series("loki_write_sent_entries_total", &probe), 320.0);
     assert_eq!(
-        series(
-            &s,
+        m.series(
             "loki_write_dropped_entries_total",
             &[("receiver", "metrics_probe"), ("reason", "rejected")]
         ),
         0.0
     );
     assert_eq!(
-        series(&s, "kube_log_relay_targets", &[("state", "finished")]),
+        m.series("kube_log_relay_targets", &[("state", "finished")]),
         2.0
     );
     assert_eq!(
-        series(&s, "kube_log_relay_config_last_reload_successful", &[]),
+        m.series("kube_log_relay_targets", &[("state", "backoff")]),
+        0.0
+    );
+    assert_eq!(
+        m.series("kube_log_relay_config_last_reload_successful", &[]),
         1.0
     );
     assert!(
-        series(
-            &s,
+        m.series(
             "kube_log_relay_config_last_reload_success_timestamp_seconds",
             &[]
         ) > 1.7e9
     );
-    assert!(series(&s, "kube_log_relay_lines_read_total", &[]) >= 320.0);
-    assert!(
-        series(
-            &s,
-            "kube_log_relay_stream_errors_total",
-            &[("kind", "status")]
-        ) >= 2.0
+    assert!(m.series("kube_log_relay_lines_read_total", &[]) >= 320.0);
+    assert!(m.series("kube_log_relay_stream_errors_total", &[("kind", "status")]) >= 2.0);
+    assert_eq!(
+        m.series("kube_log_relay_stream_errors_total", &[("kind", "read")]),
+        0.0
     );
-    assert!(
-        series(
-            &s,
+    let api = |verb: &str, code: &str| {
+        m.series(
             "kube_log_relay_api_requests_total",
-            &[("verb", "log"), ("code", "503")]
-        ) >= 2.0
-    );
-    assert!(
-        series(
-            &s,
-            "kube_log_relay_api_requests_total",
-            &[("verb", "log"), ("code", "200")]
-        ) >= 2.0
-    );
-    assert!(
-        series(
-            &s,
-            "kube_log_relay_api_requests_total",
-            &[("verb", "list"), ("code", "200")]
-        ) >= 1.0
-    );
-    assert!(
-        series(
-            &s,
-            "kube_log_relay_api_requests_total",
-            &[("verb", "watch"), ("code", "200")]
-        ) >= 1.0
-    );
+            &[("verb", verb), ("code", code)],
+        )
+    };
+    assert!(api("log", "503") >= 2.0);
+    assert!(api("log", "200") >= 2.0);
+    assert!(api("list", "200") >= 1.0);
+    assert!(api("watch", "200") >= 1.0);
+    assert_eq!(api("delete", "200"), 0.0);
     // The pod watch stays open: at least its connection is in use.
-    assert!(series(&s, "kube_log_relay_api_connections", &[]) >= 1.0);
-    assert_eq!(series(&s, "kube_log_relay_cluster_members", &[]), 0.0);
-    assert!(series(&s, "process_resident_memory_bytes", &[]) > 1e6);
-    assert!(series(&s, "process_open_fds", &[]) >= 3.0);
+    assert!(m.series("kube_log_relay_api_connections", &[]) >= 1.0);
+    assert_eq!(m.series("kube_log_relay_cluster_members", &[]), 0.0);
+    assert!(m.series("process_resident_memory_bytes", &[]) > 1e6);
+    assert!(m.series("process_open_fds", &[]) >= 3.0);
+
+    // Prometheus's own linter agrees (names, units, help texts, histogram shapes).
+    if let Some(promtool) = support::require_tool(&["promtool"], "apt-get install prometheus") {
+        let (ok, report) = promtool_check_metrics(&promtool, text);
+        assert!(ok, "promtool check metrics: {report}\n{text}");
+    }
 
     // Real histograms: cumulative buckets ending with +Inf.
-    let durations = samples(&s, "loki_write_request_duration_seconds");
+    let durations = m.samples("loki_write_request_duration_seconds");
     let (labels, Value::Histogram(buckets)) = durations
         .iter()
         .find(|(l, _)| l.get("status_code").map(String::as_str) == Some("204"))
@@ -214,7 +308,7 @@ async fn metrics_parse_and_hold_every_documented_metric() {
     assert!(buckets.last().expect("+Inf").less_than.is_infinite());
     assert!(buckets.windows(2).all(|w| w[0].count <= w[1].count));
     assert!(buckets.last().expect("+Inf").count >= 1.0);
-    relay.shutdown().await;
+    relay.terminate().await;
 }
 
 /// Every secret of this configuration, none of which may appear in `/api/v1/config`.

@@ -8,6 +8,7 @@ use super::Checker;
 use crate::config::error::{join_index, join_key};
 use crate::config::model::*;
 use crate::config::raw::*;
+use crate::config::redact::redact_url;
 
 /// The authentication keys of one client table.
 pub(super) struct AuthKeys<'a> {
@@ -215,7 +216,19 @@ pub(super) fn tls(c: &mut Checker, path: &str, raw: Option<&RawTls>) -> TlsConfi
 
 pub(super) fn proxy(c: &mut Checker, path: &str, keys: &ProxyKeys<'_>) -> ProxyConfig {
     let from_environment = keys.proxy_from_environment.unwrap_or(false);
-    let url = c.url(&join_key(path, "proxy_url"), keys.proxy_url);
+    let mut url = c.url(&join_key(path, "proxy_url"), keys.proxy_url);
+    if let Some(https) = url.take_if(|url| url.to_ascii_lowercase().starts_with("https://")) {
+        // The clients speak plain HTTP to the proxy (a TLS connection to the proxy carrying a
+        // second TLS session inside its tunnel is not built): refused here, so that `check`
+        // and the start agree.
+        c.error(
+            join_key(path, "proxy_url"),
+            format!(
+                "{:?} is an https:// proxy: only http:// proxies are supported (an https server is still reached with end-to-end TLS through the proxy's CONNECT tunnel)",
+                redact_url(&https)
+            ),
+        );
+    }
     if from_environment && (keys.proxy_url.is_some() || keys.no_proxy.is_some()) {
         c.error(
             path,

@@ -1,7 +1,7 @@
 //! The `[clustering]` table (SPEC §4.6, §7): whether replicas share the targets, who this
 //! replica is, and the lease timing that hands targets over.
 
-use super::{Checker, is_dns_label};
+use super::{Checker, HOUR, is_dns_label};
 use crate::config::model::*;
 use crate::config::raw::*;
 
@@ -26,11 +26,13 @@ pub(super) fn clustering(c: &mut Checker, raw: Option<&RawClustering>) -> Cluste
         "clustering.lease_duration",
         raw.lease_duration.as_deref(),
         d.lease_duration,
+        HOUR,
     );
     let renew_interval = c.positive_duration(
         "clustering.renew_interval",
         raw.renew_interval.as_deref(),
         d.renew_interval,
+        HOUR,
     );
     if renew_interval >= lease_duration {
         c.error(

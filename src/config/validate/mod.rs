@@ -36,7 +36,8 @@ use self::targets::{discovery, relabel_rule, static_target};
 use super::error::{ConfigError, join_index};
 use super::model::*;
 use super::raw::*;
-use super::units::{parse_duration, parse_size};
+use super::redact::redact_url;
+use super::units::{duration_overflows, format_size, parse_duration, parse_size};
 
 /// Turns the raw sections into a [`Config`], or returns every error found.
 pub fn validate(raw: &RawConfig) -> Result<Config, Vec<ConfigError>> {
@@ -105,6 +106,41 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<ConfigError>> {
     })
 }
 
+/// The longest value a duration key accepts, and how messages and the README write it. Far
+/// beyond any sensible setting, and small enough that every deadline (`Instant + duration`),
+/// doubling and timestamp subtraction computed from it stays in range.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct MaxDuration {
+    pub(super) value: Duration,
+    text: &'static str,
+}
+
+impl MaxDuration {
+    pub(super) fn too_large(self, written: &str) -> String {
+        format!("{written:?} is too large (at most {:?})", self.text)
+    }
+}
+
+/// Timeouts, waits and periods.
+pub(super) const HOUR: MaxDuration = MaxDuration {
+    value: Duration::from_secs(3600),
+    text: "1h",
+};
+/// Backoffs and the stream lifetime.
+pub(super) const DAY: MaxDuration = MaxDuration {
+    value: Duration::from_secs(24 * 3600),
+    text: "24h",
+};
+/// How far back `start_from` reaches and how long positions are kept.
+pub(super) const MONTH: MaxDuration = MaxDuration {
+    value: Duration::from_secs(30 * 24 * 3600),
+    text: "30d",
+};
+/// The largest line and batch (Loki refuses far smaller ones by default).
+pub(super) const MAX_LINE_OR_BATCH: u64 = 64 << 20;
+/// The largest receiver queue.
+pub(super) const MAX_BUFFER: u64 = 16 << 30;
+
 const LOG_FORMATS: &[(&str, LogFormat)] =
     &[("logfmt", LogFormat::Logfmt), ("json", LogFormat::Json)];
 
@@ -120,25 +156,43 @@ impl Checker {
         self.errors.push(ConfigError::new(path, message));
     }
 
-    fn duration(&mut self, path: &str, value: Option<&str>, default: Duration) -> Duration {
-        match value.map(parse_duration) {
-            None => default,
-            Some(Ok(duration)) => duration,
-            Some(Err(message)) => {
+    /// A duration of at most `max`.
+    fn duration(
+        &mut self,
+        path: &str,
+        value: Option<&str>,
+        default: Duration,
+        max: MaxDuration,
+    ) -> Duration {
+        let Some(text) = value else {
+            return default;
+        };
+        match parse_duration(text) {
+            Ok(duration) if duration <= max.value => duration,
+            Ok(_) => {
+                self.error(path, max.too_large(text));
+                default
+            }
+            Err(_) if duration_overflows(text) => {
+                self.error(path, max.too_large(text));
+                default
+            }
+            Err(message) => {
                 self.error(path, message);
                 default
             }
         }
     }
 
-    /// A duration that must not be zero.
+    /// A duration that must not be zero, of at most `max`.
     fn positive_duration(
         &mut self,
         path: &str,
         value: Option<&str>,
         default: Duration,
+        max: MaxDuration,
     ) -> Duration {
-        let duration = self.duration(path, value, default);
+        let duration = self.duration(path, value, default, max);
         if duration.is_zero() {
             self.error(path, "must be > 0");
             return default;
@@ -146,14 +200,27 @@ impl Checker {
         duration
     }
 
-    fn size(&mut self, path: &str, value: Option<&SizeValue>, default: usize) -> usize {
-        let bytes = match value {
+    /// A size of at most `max` bytes.
+    fn size(&mut self, path: &str, value: Option<&SizeValue>, default: usize, max: u64) -> usize {
+        let (written, bytes) = match value {
             None => return default,
-            Some(SizeValue::Bytes(bytes)) => Ok(*bytes),
-            Some(SizeValue::Text(text)) => parse_size(text),
+            Some(SizeValue::Bytes(bytes)) => (bytes.to_string(), Ok(*bytes)),
+            Some(SizeValue::Text(text)) => (format!("{text:?}"), parse_size(text)),
         };
-        match bytes.and_then(|b| usize::try_from(b).map_err(|_| "is too large".to_owned())) {
-            Ok(bytes) => bytes,
+        let too_large = || format!("{written} is too large (at most {:?})", format_size(max));
+        match bytes {
+            Ok(bytes) if bytes <= max => usize::try_from(bytes).unwrap_or_else(|_| {
+                self.error(path, too_large());
+                default
+            }),
+            Ok(_) => {
+                self.error(path, too_large());
+                default
+            }
+            Err(message) if message.ends_with("is too large") => {
+                self.error(path, too_large());
+                default
+            }
             Err(message) => {
                 self.error(path, message);
                 default
@@ -228,33 +295,11 @@ impl Checker {
 }
 
 fn check_url(text: &str) -> Result<(), String> {
-    let not_url = || {
-        format!(
-            "{:?} is not an http:// or https:// URL",
-            redact_userinfo(text)
-        )
-    };
+    let not_url = || format!("{:?} is not an http:// or https:// URL", redact_url(text));
     let uri: http::Uri = text.parse().map_err(|_| not_url())?;
     match uri.scheme_str() {
         Some("http" | "https") if uri.host().is_some_and(|h| !h.is_empty()) => Ok(()),
         _ => Err(not_url()),
-    }
-}
-
-/// `scheme://user:password@host/…` → `scheme://<redacted>@host/…`: a URL in an error message
-/// must not leak the password some users embed in it.
-fn redact_userinfo(url: &str) -> String {
-    let authority_start = url.find("://").map_or(0, |i| i + 3);
-    let authority_end = url[authority_start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| authority_start + i);
-    match url[authority_start..authority_end].rfind('@') {
-        Some(at) => format!(
-            "{}<redacted>{}",
-            &url[..authority_start],
-            &url[authority_start + at..]
-        ),
-        None => url.to_owned(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The `[positions]` table (SPEC §4.4): which backend keeps each target's acknowledged position,
 //! and how often it is written and garbage-collected.
 
-use super::Checker;
+use super::{Checker, HOUR, MONTH};
 use crate::config::model::*;
 use crate::config::raw::*;
 
@@ -59,7 +59,13 @@ pub(super) fn positions(c: &mut Checker, raw: Option<&RawPositions>) -> Position
             "positions.sync_period",
             raw.sync_period.as_deref(),
             d.sync_period,
+            HOUR,
         ),
-        gc_after: c.positive_duration("positions.gc_after", raw.gc_after.as_deref(), d.gc_after),
+        gc_after: c.positive_duration(
+            "positions.gc_after",
+            raw.gc_after.as_deref(),
+            d.gc_after,
+            MONTH,
+        ),
     }
 }

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use super::client::{AuthKeys, ProxyKeys, auth, header, proxy, tls};
-use super::{Checker, LABEL_NAME_RULE, LOG_FORMATS, is_label_name};
+use super::{
+    Checker, DAY, HOUR, LABEL_NAME_RULE, LOG_FORMATS, MAX_BUFFER, MAX_LINE_OR_BATCH, is_label_name,
+};
 use crate::config::error::join_key;
 use crate::config::model::*;
 use crate::config::raw::*;
@@ -94,9 +96,19 @@ pub(super) fn receiver(c: &mut Checker, name: &str, raw: &RawLoki) -> LokiConfig
             format!("has more labels than max_label_names ({max_label_names})"),
         );
     }
-    let batch_size = c.size(&at("batch_size"), raw.batch_size.as_ref(), d.batch_size);
+    let batch_size = c.size(
+        &at("batch_size"),
+        raw.batch_size.as_ref(),
+        d.batch_size,
+        MAX_LINE_OR_BATCH,
+    );
     let batch_size = c.positive(&at("batch_size"), Some(batch_size), d.batch_size);
-    let buffer_size = c.size(&at("buffer_size"), raw.buffer_size.as_ref(), d.buffer_size);
+    let buffer_size = c.size(
+        &at("buffer_size"),
+        raw.buffer_size.as_ref(),
+        d.buffer_size,
+        MAX_BUFFER,
+    );
     if buffer_size < batch_size {
         c.error(
             at("buffer_size"),
@@ -110,11 +122,13 @@ pub(super) fn receiver(c: &mut Checker, name: &str, raw: &RawLoki) -> LokiConfig
         &at("min_backoff"),
         raw.min_backoff.as_deref(),
         d.min_backoff,
+        DAY,
     );
     let max_backoff = c.positive_duration(
         &at("max_backoff"),
         raw.max_backoff.as_deref(),
         d.max_backoff,
+        DAY,
     );
     if min_backoff > max_backoff {
         c.error(at("min_backoff"), "must not exceed max_backoff");
@@ -124,7 +138,12 @@ pub(super) fn receiver(c: &mut Checker, name: &str, raw: &RawLoki) -> LokiConfig
         headers,
         external_labels,
         batch_size,
-        batch_wait: c.positive_duration(&at("batch_wait"), raw.batch_wait.as_deref(), d.batch_wait),
+        batch_wait: c.positive_duration(
+            &at("batch_wait"),
+            raw.batch_wait.as_deref(),
+            d.batch_wait,
+            HOUR,
+        ),
         buffer_size,
         on_full: c.word(
             &at("on_full"),
@@ -140,6 +159,7 @@ pub(super) fn receiver(c: &mut Checker, name: &str, raw: &RawLoki) -> LokiConfig
             &at("remote_timeout"),
             raw.remote_timeout.as_deref(),
             d.remote_timeout,
+            HOUR,
         ),
         auth: auth(
             c,
@@ -170,6 +190,7 @@ pub(super) fn receiver(c: &mut Checker, name: &str, raw: &RawLoki) -> LokiConfig
             &at("max_line_size"),
             raw.max_line_size.as_ref(),
             d.max_line_size,
+            MAX_LINE_OR_BATCH,
         ),
         max_line_size_truncate: raw
             .max_line_size_truncate

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use super::{Checker, LOG_FORMATS};
+use super::{Checker, HOUR, LOG_FORMATS};
 use crate::config::model::*;
 use crate::config::raw::*;
 
@@ -98,6 +98,7 @@ pub(super) fn shutdown(c: &mut Checker, raw: Option<&RawShutdown>) -> ShutdownCo
             "shutdown.timeout",
             raw.and_then(|s| s.timeout.as_deref()),
             ShutdownConfig::default().timeout,
+            HOUR,
         ),
     }
 }

@@ -49,7 +49,7 @@ impl Metrics {
 
     /// The sum of every sample named `name` whose labels include `labels` (0 when none).
     fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        super::sample(&self.0.handle().render(), name, labels)
+        support::Metrics::parse(&self.0.handle().render()).sum(name, labels)
     }
 }
 
@@ -172,7 +172,10 @@ async fn collect_acks(rx: &mut UnboundedReceiver<u64>, n: usize, limit: Duration
     while got.len() < n {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(seq)) => got.push(seq),
-            _ => panic!("only {} of {n} chunks acknowledged", got.len()),
+            _ => panic!(
+                "only {} of {n} chunks acknowledged within {limit:?}: {got:?}",
+                got.len()
+            ),
         }
     }
     got.sort_unstable();

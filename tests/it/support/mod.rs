@@ -10,6 +10,10 @@ use kube_log_relay::config;
 use kube_log_relay::sim::Sim;
 use kube_log_relay::sim::loki::{LokiSink, ReceivedEntry};
 
+pub mod metrics;
+
+pub use metrics::Metrics;
+
 /// How long any condition may take before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -70,14 +74,6 @@ pub async fn relay_from_file(path: &std::path::Path, text: &str) -> Relay {
     Relay::start_with(config, Some(path.to_path_buf()))
         .await
         .expect("relay starts")
-}
-
-/// The value of an unlabelled metric in the relay's `/metrics`.
-pub async fn metric(relay: &Relay, name: &str) -> Option<f64> {
-    let (_, body) = http_get(relay.http_addr(), "/metrics").await;
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// Parses `text` with the real configuration loader and starts a relay.
@@ -195,6 +191,40 @@ pub async fn all_finished(relay: &Relay, n: usize) {
     }
 }
 
+/// True when this runs in CI (`CI=true`, as `.ci/run` is run), where a missing tool is a failure.
+pub fn in_ci() -> bool {
+    matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
+}
+
+/// The first of `names` found on `PATH`. Where none is: the test should skip, so this prints
+/// `SKIPPED` with `install` (how to get it) and returns `None` — but under CI ([`in_ci`]) it
+/// fails the test instead, since `.ci/run` installs every tool the tests use.
+pub fn require_tool(names: &[&str], install: &str) -> Option<std::path::PathBuf> {
+    require_tool_in(std::env::var_os("PATH"), names, install, in_ci())
+}
+
+fn require_tool_in(
+    path: Option<std::ffi::OsString>,
+    names: &[&str],
+    install: &str,
+    ci: bool,
+) -> Option<std::path::PathBuf> {
+    let found = path.and_then(|path| {
+        std::env::split_paths(&path)
+            .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let what = names.join(" or ");
+        assert!(
+            !ci,
+            "{what} is not installed, and under CI=true a test that needs it must run: {install}"
+        );
+        println!("SKIPPED: {what} is not installed ({install})");
+    }
+    found
+}
+
 /// A plain HTTP/1.1 GET over a real socket; returns the status code and the body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     http_request(addr, "GET", path).await
@@ -205,15 +235,26 @@ pub async fn http_post(addr: std::net::SocketAddr, path: &str) -> (u16, String) 
     http_request(addr, "POST", path).await
 }
 
+/// Fails the test when no complete answer came within [`DEADLINE`].
 async fn http_request(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read");
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{method} http://{addr}{path}: cannot connect: {e}"));
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.expect("read");
+        buf
+    };
+    let buf = tokio::time::timeout(DEADLINE, exchange)
+        .await
+        .unwrap_or_else(|_| {
+            panic!("{method} http://{addr}{path}: no complete answer within {DEADLINE:?}")
+        });
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text
         .split(' ')
@@ -232,6 +273,7 @@ async fn http_request(addr: std::net::SocketAddr, method: &str, path: &str) -> (
 /// printed when a check fails; a process still running when this is dropped is killed.
 pub struct RelayProcess {
     child: std::process::Child,
+    config: std::path::PathBuf,
     log: std::path::PathBuf,
 }
 
@@ -252,7 +294,33 @@ impl RelayProcess {
             .stderr(err)
             .spawn()
             .expect("start the relay binary");
-        RelayProcess { child, log }
+        RelayProcess { child, config, log }
+    }
+
+    /// The configuration file the relay reads (again, on `POST /-/reload` or SIGHUP).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.config.clone()
+    }
+
+    /// The address of the relay's HTTP endpoints (`listen = "127.0.0.1:0"` picks it at start),
+    /// read from its "relay started" log line; waits for it with a deadline.
+    pub async fn http_addr(&mut self) -> std::net::SocketAddr {
+        let mut addr = None;
+        eventually("the relay process logs its HTTP address", || {
+            self.alive();
+            addr = self
+                .log()
+                .lines()
+                .filter(|l| l.contains("\"relay started\""))
+                .find_map(|l| {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix("listen="))
+                        .and_then(|a| a.trim_matches('"').parse().ok())
+                });
+            addr.is_some()
+        })
+        .await;
+        addr.expect("checked by the wait")
     }
 
     /// The relay's log so far.
@@ -323,5 +391,66 @@ impl Drop for RelayProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::require_tool_in;
+    use kube_log_relay::sim::{ContainerSpec, PodSpec, RestartPolicy};
+
+    /// A count the container never reaches fails the wait (under paused time: at once) and says
+    /// what it waited for and what it saw, instead of hanging the test.
+    #[test]
+    #[should_panic(expected = "waiting for ns/short/c to write 20 lines: it wrote 10")]
+    fn waiting_for_lines_never_written_fails_with_what_was_seen() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("tokio runtime")
+            .block_on(async {
+                let sim = super::sim().await;
+                sim.add_pod(
+                    PodSpec::new("ns", "short")
+                        .restart_policy(RestartPolicy::Never)
+                        .container(ContainerSpec::new("c").rate(100.0).total_lines(10, 0)),
+                );
+                sim.wait_written("ns", "short", "c", 10).await;
+                sim.wait_written("ns", "short", "c", 20).await;
+            });
+    }
+
+    fn path_with(dir: &std::path::Path) -> Option<std::ffi::OsString> {
+        Some(dir.as_os_str().to_os_string())
+    }
+
+    #[test]
+    fn a_tool_on_the_path_is_found_by_any_of_its_names() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("chromium-browser"), b"").unwrap();
+        let found = require_tool_in(
+            path_with(dir.path()),
+            &["chromium", "chromium-browser"],
+            "apt-get install chromium",
+            true,
+        );
+        assert_eq!(found, Some(dir.path().join("chromium-browser")));
+    }
+
+    #[test]
+    fn a_missing_tool_skips_outside_ci() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            require_tool_in(path_with(dir.path()), &["no-such-tool"], "nowhere", false),
+            None
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "no-such-tool is not installed, and under CI=true")]
+    fn a_missing_tool_fails_the_test_under_ci() {
+        let dir = tempfile::tempdir().unwrap();
+        require_tool_in(path_with(dir.path()), &["no-such-tool"], "nowhere", true);
     }
 }
