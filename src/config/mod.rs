@@ -603,13 +603,14 @@ mod tests {
         assert_eq!(
             errors,
             [
-                r#"kubernetes.tls_config.min_version: "TLS13" is not supported for the Kubernetes client yet (its TLS stack always offers TLS 1.2 and 1.3 and cannot be narrowed); remove the key or set "TLS12" — TLS 1.3 is still used whenever the API server offers it"#,
                 r#"kubernetes.proxy_url: "https://<secret>@proxy:3128" is an https:// proxy: only http:// proxies are supported (an https server is still reached with end-to-end TLS through the proxy's CONNECT tunnel)"#,
                 r#"loki.a.proxy_url: "HTTPS://proxy:3128" is an https:// proxy: only http:// proxies are supported (an https server is still reached with end-to-end TLS through the proxy's CONNECT tunnel)"#,
             ]
         );
-        // Receivers build their own rustls configuration: TLS 1.3 only works there.
+        // TLS 1.3 only works for both clients.
         let config = ok(r#"
+            [kubernetes.tls_config]
+            min_version = "TLS13"
             [loki.a]
             url = "https://loki/push"
             proxy_url = "http://proxy:3128"
@@ -617,6 +618,7 @@ mod tests {
             min_version = "TLS13"
             "#);
         assert_eq!(config.loki["a"].tls.min_version, Some(TlsVersion::Tls13));
+        assert_eq!(config.kubernetes.tls.min_version, Some(TlsVersion::Tls13));
     }
 
     #[test]

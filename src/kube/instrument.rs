@@ -56,6 +56,20 @@ pub fn verb_of(method: &Method, path: &str, query: Option<&str>) -> &'static str
     }
 }
 
+/// What to tell the user when the API server refuses the relay's credentials or permissions:
+/// the settings to look at, since the answer itself only says "Unauthorized".
+pub fn credential_hint(status: u16) -> Option<&'static str> {
+    match status {
+        401 => Some(
+            "the API server answered 401 Unauthorized: it rejected the credentials; check kubernetes.bearer_token / kubernetes.bearer_token_file / kubernetes.authorization / kubernetes.basic_auth / kubernetes.oauth2 (or the kubeconfig's user, or the service account token); requests are retried with backoff",
+        ),
+        403 => Some(
+            "the API server answered 403 Forbidden: the relay's identity lacks a permission; see the RBAC in deploy/ (pods get/list/watch, pods/log get); requests are retried with backoff",
+        ),
+        _ => None,
+    }
+}
+
 /// The layer: counts requests by verb and answer.
 #[derive(Clone, Copy, Default)]
 pub struct Instrument;
@@ -80,6 +94,7 @@ impl<S, B, RB> tower::Service<Request<B>> for Instrumented<S>
 where
     S: tower::Service<Request<B>, Response = Response<RB>>,
     S::Future: Send + 'static,
+    S::Error: std::fmt::Display,
 {
     type Response = Response<RB>;
     type Error = S::Error;
@@ -99,8 +114,25 @@ where
         Box::pin(async move {
             let result = response.await;
             match &result {
-                Ok(response) => telemetry::api_request(verb, response.status().as_str()),
-                Err(_) => telemetry::api_request(verb, "error"),
+                Ok(response) => {
+                    telemetry::api_request(verb, response.status().as_str());
+                    if let Some(hint) = credential_hint(response.status().as_u16())
+                        && let Some(suppressed) = crate::logging::ERRORS.check("api_credentials")
+                    {
+                        tracing::warn!(
+                            suppressed,
+                            status = response.status().as_u16(),
+                            verb,
+                            "{hint}"
+                        );
+                    }
+                }
+                Err(e) => {
+                    telemetry::api_request(verb, "error");
+                    if let Some(suppressed) = crate::logging::ERRORS.check("api_transport") {
+                        tracing::warn!(suppressed, verb, "Kubernetes API request failed: {e}");
+                    }
+                }
             }
             result
         })

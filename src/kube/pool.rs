@@ -25,7 +25,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -131,7 +131,7 @@ impl Connector {
         let connecting = https.call(uri.clone());
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(failed(error_chain(&*e))),
+            Ok(Err(e)) => return Err(failed(with_tls_hint(error_chain(&*e)))),
             Err(_) => return Err(failed(format!("timed out after {CONNECT_TIMEOUT:?}"))),
         };
         if self.require_tls13
@@ -146,6 +146,26 @@ impl Connector {
             }
         }
         Ok(stream)
+    }
+}
+
+/// A TLS failure names the settings that decide it.
+fn with_tls_hint(reason: String) -> String {
+    let tls = [
+        "certificate",
+        "Certificate",
+        "UnknownIssuer",
+        "NotValidForName",
+        "tls",
+        "TLS",
+    ];
+    if tls.iter().any(|w| reason.contains(w)) {
+        format!(
+            "{reason} (check kubernetes.tls_config: ca_file / ca_pem for the API server's CA, \
+             server_name for the name in its certificate)"
+        )
+    } else {
+        reason
     }
 }
 
@@ -224,12 +244,15 @@ struct Conn {
     /// Negotiated HTTP/2 (else HTTP/1.1, one request at a time).
     h2: bool,
     sender: Mutex<Sender>,
-    /// The server's `SETTINGS_MAX_CONCURRENT_STREAMS` as last seen by the connection task.
-    server_limit: Arc<AtomicUsize>,
+    /// Reads the server's `SETTINGS_MAX_CONCURRENT_STREAMS` from the connection now (HTTP/2).
+    server_limit: Option<ServerLimit>,
     alive: Arc<AtomicBool>,
     /// Whether requests go in absolute form (an `http` server through a forward proxy).
     absolute_form: bool,
 }
+
+/// Reads a connection's current server stream limit.
+type ServerLimit = Arc<dyn Fn() -> usize + Send + Sync>;
 
 enum Sender {
     None,
@@ -243,10 +266,9 @@ impl Conn {
     }
 
     fn limit(&self, ours: usize) -> usize {
-        if self.h2 {
-            ours.min(self.server_limit.load(Ordering::Relaxed)).max(1)
-        } else {
-            1
+        match &self.server_limit {
+            Some(server) => ours.min(server()).max(1),
+            None => 1,
         }
     }
 }
@@ -366,7 +388,7 @@ impl Shared {
             id,
             h2: false,
             sender: Mutex::new(Sender::None),
-            server_limit: Arc::new(AtomicUsize::new(1)),
+            server_limit: None,
             alive: Arc::new(AtomicBool::new(true)),
             absolute_form: false,
         });
@@ -433,7 +455,7 @@ impl Shared {
         let absolute_form = connected.is_proxied();
         let h2 = connected.is_negotiated_h2();
         let alive = Arc::new(AtomicBool::new(true));
-        let server_limit = Arc::new(AtomicUsize::new(1));
+        let mut server_limit = None;
         let io = stream;
         let failed = |e: hyper::Error| PoolError::Connect {
             uri: self.server.to_string(),
@@ -449,9 +471,17 @@ impl Shared {
                 .handshake(io)
                 .await
                 .map_err(failed)?;
+            // hyper drives the h2 frames in a task of its own and this connection future only
+            // when a request is dispatched, so the limit is read from it on demand, not cached.
+            let conn = Arc::new(Mutex::new(conn));
+            let read = conn.clone();
+            server_limit = Some(Arc::new(move || {
+                read.lock()
+                    .map(|c| c.current_max_send_streams())
+                    .unwrap_or(1)
+            }) as ServerLimit);
             tokio::spawn(Driven {
                 conn,
-                server_limit: server_limit.clone(),
                 alive: alive.clone(),
                 id,
             });
@@ -514,11 +544,9 @@ fn open_count(state: &State) -> usize {
         .count()
 }
 
-/// Drives an HTTP/2 connection and publishes what the pool needs of it: the server's stream
-/// limit (after every poll: SETTINGS can change it at any time) and whether it still lives.
+/// Drives an HTTP/2 connection, shared with the pool's limit reader, and says when it ends.
 struct Driven<C> {
-    conn: C,
-    server_limit: Arc<AtomicUsize>,
+    conn: Arc<Mutex<C>>,
     alive: Arc<AtomicBool>,
     id: u64,
 }
@@ -529,11 +557,12 @@ where
 {
     type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.conn).poll(cx);
-        this.server_limit
-            .store(this.conn.current_max_send_streams(), Ordering::Relaxed);
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &*self;
+        let polled = {
+            let mut conn = this.conn.lock().unwrap_or_else(|e| e.into_inner());
+            Pin::new(&mut *conn).poll(cx)
+        };
         match polled {
             Poll::Pending => Poll::Pending,
             Poll::Ready(result) => {

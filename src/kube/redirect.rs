@@ -1,8 +1,9 @@
 //! `follow_redirects` for the Kubernetes client (SPEC §4.1): a tower layer above the pool.
 //!
 //! With `follow_redirects = true` (the default, as in the reference) a `GET` that is not a
-//! stream (not `watch=true`, not `follow=true`) follows up to [`MAX_REDIRECTS`] redirects,
-//! dropping `Authorization` when a redirect leaves the API server's host, as Go's client does.
+//! stream (not `watch=true`, not `follow=true`) follows up to [`MAX_REDIRECTS`] redirects within
+//! the API server (another host is refused by name: the pool's connections and the
+//! credentials are for the API server alone).
 //! Streams are not redirected: a watch or a followed log that moves is reopened by its owner.
 //! Otherwise a 3xx answer is an error that names the `Location`, so the user sees where the API
 //! server wanted them to go and which setting decides it.
@@ -38,6 +39,10 @@ pub enum RedirectError {
     TooMany { location: String },
     #[error("the API server redirected to {location:?}, which is not a valid URL")]
     BadLocation { location: String },
+    #[error(
+        "the API server redirected to another server ({location:?}); only redirects within the API server are followed"
+    )]
+    OtherServer { location: String },
 }
 
 /// The layer; `follow` is `follow_redirects`.
@@ -159,9 +164,10 @@ where
                 let Some(next) = resolve(&uri, &location) else {
                     return Err(RedirectError::BadLocation { location }.into());
                 };
-                if next.authority() != uri.authority() {
-                    // Credentials are for the API server, not for wherever it points.
-                    headers.remove(header::AUTHORIZATION);
+                if next.authority() != uri.authority() || next.scheme() != uri.scheme() {
+                    // The pool holds connections to the API server only, and its credentials
+                    // are for it alone.
+                    return Err(RedirectError::OtherServer { location }.into());
                 }
                 headers.remove(header::HOST);
                 uri = next;

@@ -1,6 +1,7 @@
 //! Integration tests: the relay against the simulator over real sockets (one test binary, see
 //! STYLE.md). Every test counts lines at the receiving end.
 
+mod api_pool;
 mod browser;
 mod cli;
 mod config_bounds;

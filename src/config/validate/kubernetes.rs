@@ -77,18 +77,8 @@ pub(super) fn kubernetes(c: &mut Checker, raw: Option<&RawKubernetes>) -> Kubern
     }
 }
 
-/// `tls_config` of the Kubernetes client: the shared rules, and `min_version = "TLS13"` refused
-/// because the client cannot honour it yet — kube builds its own rustls configuration (TLS 1.2
-/// and 1.3) and offers no way to narrow it — so `check` says so instead of the start failing.
+/// `tls_config` of the Kubernetes client: the shared rules (`min_version = "TLS13"` is enforced
+/// per connection by the pool, `crate::kube::pool`).
 fn kubernetes_tls(c: &mut Checker, raw: Option<&RawTls>) -> TlsConfig {
-    let path = "kubernetes.tls_config";
-    let mut config = tls(c, path, raw);
-    if config.min_version == Some(TlsVersion::Tls13) {
-        c.error(
-            format!("{path}.min_version"),
-            r#""TLS13" is not supported for the Kubernetes client yet (its TLS stack always offers TLS 1.2 and 1.3 and cannot be narrowed); remove the key or set "TLS12" — TLS 1.3 is still used whenever the API server offers it"#,
-        );
-        config.min_version = None;
-    }
-    config
+    tls(c, "kubernetes.tls_config", raw)
 }

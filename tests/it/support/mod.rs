@@ -281,6 +281,16 @@ impl RelayProcess {
     /// Writes `text` to `dir/relay.toml` (once) and starts the relay binary on it; `n` numbers
     /// the log file.
     pub fn start(dir: &std::path::Path, text: &str, n: usize) -> RelayProcess {
+        RelayProcess::start_with_env(dir, text, n, &[])
+    }
+
+    /// [`RelayProcess::start`] with extra environment variables (proxies, `POD_NAME`, …).
+    pub fn start_with_env(
+        dir: &std::path::Path,
+        text: &str,
+        n: usize,
+        env: &[(&str, &str)],
+    ) -> RelayProcess {
         let config = dir.join("relay.toml");
         std::fs::write(&config, text).expect("write the relay configuration");
         let log = dir.join(format!("relay-{n}.log"));
@@ -290,6 +300,7 @@ impl RelayProcess {
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info,kube_client=warn,kube_runtime=warn")
+            .envs(env.iter().copied())
             .stdout(out)
             .stderr(err)
             .spawn()
