@@ -393,6 +393,7 @@ mod tests {
             }),
             discovered: Arc::new(LabelMap::new()),
             container_id: Some(cid.into()),
+            state: None,
         }
     }
 

@@ -281,6 +281,7 @@ mod tests {
                 }),
                 discovered: Default::default(),
                 container_id: None,
+                state: None,
             };
             let config = TailConfig {
                 min_backoff: Duration::from_millis(50),
