@@ -415,3 +415,13 @@ pub fn cluster_handover() {
 pub fn cluster_lease_error() {
     counter!("kube_log_relay_cluster_lease_errors_total").increment(1);
 }
+
+/// A tailer panicked; the registry restarts it after a backoff (SPEC §2).
+pub fn tailer_panicked() {
+    // Described here rather than in the list above, so that this counter stays one place.
+    describe_counter!(
+        "kube_log_relay_tailer_panics_total",
+        "Tailers that panicked; each is restarted after a backoff."
+    );
+    counter!("kube_log_relay_tailer_panics_total").increment(1);
+}

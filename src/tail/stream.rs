@@ -521,6 +521,11 @@ async fn next_bytes<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    use actix::prelude::*;
+
+    use crate::target::{Labels, Stream};
 
     #[tokio::test]
     async fn next_bytes_reads_everything_then_ends() {
@@ -532,5 +537,160 @@ mod tests {
             got.extend_from_slice(&b);
         }
         assert_eq!(got, body);
+    }
+
+    /// Forwarder stand-in: counts lines and acknowledges each chunk at once.
+    struct Count(Arc<Mutex<usize>>);
+
+    impl Actor for Count {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Forward> for Count {
+        type Result = ();
+
+        fn handle(&mut self, Forward(chunk): Forward, _: &mut Context<Self>) {
+            *self.0.lock().unwrap() += chunk.entries.len();
+            chunk.expect_finishers(1);
+            chunk.finish();
+        }
+    }
+
+    /// A shell as the actor builds it, with its drain and client senders.
+    fn shell(
+        config: TailConfig,
+        forwarded: Arc<Mutex<usize>>,
+    ) -> (Shell, watch::Sender<bool>, watch::Sender<kube::Client>) {
+        let id = TargetId {
+            namespace: "ns".into(),
+            pod: "p".into(),
+            container: "c".into(),
+            uid: "u".into(),
+        };
+        let target = Target {
+            id: id.clone(),
+            stream: Arc::new(Stream {
+                labels: Labels::from_pairs([("pod".to_string(), "p".to_string())]),
+                tenant: None,
+            }),
+            discovered: Default::default(),
+            container_id: Some("a".into()),
+            state: None,
+        };
+        // Never contacted: the stream is read from memory.
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        let (_, target) = watch::channel(target);
+        let (drain_tx, drain) = watch::channel(false);
+        let (client_tx, client) = watch::channel(client);
+        let status = Arc::new(TailerStatus::default());
+        let config = Arc::new(config);
+        let settings = Settings {
+            min_backoff: config.min_backoff,
+            max_backoff: config.max_backoff,
+            max_stream_lifetime: config.max_stream_lifetime,
+            terminated_grace: config.terminated_grace,
+        };
+        let shell = Shell {
+            machine: Tail::new(settings, Some(Arc::from("a"))),
+            cursor: ReadCursor::new(Cursor::BEGINNING),
+            pending: Pending::new(),
+            opened_once: true,
+            args: ReadLoop {
+                acks: TargetAcks::new(id.clone(), None, vec![status.clone()]),
+                id: Arc::new(id),
+                target,
+                drain,
+                client,
+                forwarder: Count(forwarded).start().recipient(),
+                config,
+                status,
+                start: None,
+            },
+        };
+        (shell, drain_tx, client_tx)
+    }
+
+    /// A stream whose every read is ready at once: a backlog the relay never catches up with.
+    fn backlog(lines: usize) -> futures::io::BufReader<futures::io::Cursor<Vec<u8>>> {
+        let mut body = Vec::new();
+        for i in 0..lines {
+            body.extend_from_slice(format!("2024-05-01T10:00:00.{i:09}Z line {i}\n").as_bytes());
+        }
+        futures::io::BufReader::with_capacity(4096, futures::io::Cursor::new(body))
+    }
+
+    /// Opens a stream in the machine as the shell does, then pumps `reader`.
+    async fn pump_backlog(shell: &mut Shell, lines: usize) -> Action {
+        let mut reader = backlog(lines);
+        shell.step(Event::Started {
+            first: Read::Follow,
+        });
+        shell.step(Event::Opened);
+        shell.pump(&mut reader, Read::Follow).await
+    }
+
+    const LINES: usize = 200_000;
+
+    /// Issue 15 item 6: a stream that never waits for bytes still rotates at its deadline,
+    /// and what it read before is sent (the cursor covers exactly what was forwarded).
+    #[actix_rt::test]
+    async fn a_backlog_does_not_postpone_the_rotation() {
+        let forwarded = Arc::new(Mutex::new(0));
+        let config = TailConfig {
+            max_stream_lifetime: Duration::from_millis(20),
+            ..TailConfig::default()
+        };
+        let (mut shell, _drain, _client) = shell(config, forwarded.clone());
+        let action = pump_backlog(&mut shell, LINES).await;
+        assert_eq!(
+            action,
+            Action::Open {
+                read: Read::Follow,
+                from_beginning: false
+            },
+            "rotated"
+        );
+        let sent = *forwarded.lock().unwrap();
+        assert!(
+            sent > 0 && sent < LINES,
+            "rotated mid-backlog: {sent} lines sent"
+        );
+        assert_eq!(
+            shell.cursor.position().skip,
+            sent as u64,
+            "every line read was sent"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_backlog_does_not_postpone_the_drain_deadline() {
+        let forwarded = Arc::new(Mutex::new(0));
+        let config = TailConfig {
+            terminated_grace: Duration::from_millis(20),
+            ..TailConfig::default()
+        };
+        let (mut shell, drain, _client) = shell(config, forwarded.clone());
+        drain.send_replace(true);
+        assert_eq!(pump_backlog(&mut shell, LINES).await, Action::Finish);
+        assert!(shell.machine.draining());
+        assert!(*forwarded.lock().unwrap() < LINES, "finished mid-backlog");
+    }
+
+    #[actix_rt::test]
+    async fn a_backlog_does_not_postpone_a_new_client() {
+        let forwarded = Arc::new(Mutex::new(0));
+        let (mut shell, _drain, client) = shell(TailConfig::default(), forwarded.clone());
+        client.send_modify(|_| {});
+        let action = pump_backlog(&mut shell, LINES).await;
+        assert_eq!(
+            action,
+            Action::Open {
+                read: Read::Follow,
+                from_beginning: false
+            }
+        );
+        assert!(*forwarded.lock().unwrap() < LINES, "reopened mid-backlog");
     }
 }

@@ -10,3 +10,5 @@ mod receivers;
 mod reload;
 mod server;
 mod support;
+mod tail_faults;
+mod tail_scale;
