@@ -177,6 +177,7 @@ impl Actor for Registry {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        telemetry::declare_tailer_panics();
         ctx.run_interval(Duration::from_secs(2), |act, _| act.publish_counts());
     }
 }

@@ -448,7 +448,11 @@ mod tests {
     }
 
     /// A rule, the instance the tailer follows, and its steps: (time, event, expected action).
-    type Row = (&'static str, Option<&'static str>, Vec<(Duration, Event, Action)>);
+    type Row = (
+        &'static str,
+        Option<&'static str>,
+        Vec<(Duration, Event, Action)>,
+    );
 
     /// Every rule of SPEC §5.4–§5.6 as a sequence of (time, event, expected action).
     #[test]
