@@ -16,6 +16,7 @@ use crate::config::TailConfig;
 use crate::cursor::TargetAcks;
 use crate::forward::Forward;
 use crate::positions::PositionsHandle;
+use crate::tail::backoff::Backoff;
 use crate::tail::status::{TailerSnapshot, TailerStatus, TargetState};
 use crate::tail::{Drain, Stop, Tailer, TailerArgs, TailerFinished, UpdateClient, UpdateTarget};
 use crate::target::{LabelMap, RejectedTarget, SetTargets, Target, TargetId, TargetSet};
@@ -76,6 +77,30 @@ struct Tailed {
     tailer: Option<Addr<Tailer>>,
     /// Vanished from discovery; removed once its tailer finished draining.
     vanished: bool,
+    /// When the current tailer started, and the backoff of restarts after panics.
+    restarts: Restarts,
+}
+
+/// The restart backoff of one target's tailer after panics (SPEC §2: a tailer that panics at
+/// once must not spin). A tailer that ran a healthy minute starts over from `min_backoff`.
+struct Restarts {
+    started: std::time::Instant,
+    backoff: Backoff,
+}
+
+impl Restarts {
+    fn new(config: &TailConfig) -> Restarts {
+        Restarts {
+            started: std::time::Instant::now(),
+            backoff: Backoff::new(config.min_backoff, config.max_backoff),
+        }
+    }
+
+    /// The delay before restarting a tailer that panicked after running `ran_for`.
+    fn after_panic(&mut self, ran_for: Duration) -> Duration {
+        self.backoff.stream_ended(ran_for);
+        self.backoff.next_delay()
+    }
 }
 
 impl Registry {
@@ -152,6 +177,7 @@ impl Actor for Registry {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        telemetry::declare_tailer_panics();
         ctx.run_interval(Duration::from_secs(2), |act, _| act.publish_counts());
     }
 }
@@ -191,6 +217,13 @@ impl Handler<SetTargets> for Registry {
                 }
             };
             let addr = spawn_tailer(&self.args, target.clone(), status.clone(), &acks, ctx);
+            let restarts = match self.tailers.remove(&target.id) {
+                Some(mut t) => {
+                    t.restarts.started = std::time::Instant::now();
+                    t.restarts
+                }
+                None => Restarts::new(&self.args.config),
+            };
             self.tailers.insert(
                 target.id.clone(),
                 Tailed {
@@ -199,6 +232,7 @@ impl Handler<SetTargets> for Registry {
                     acks,
                     tailer: Some(addr),
                     vanished: false,
+                    restarts,
                 },
             );
         }
@@ -229,6 +263,7 @@ impl Handler<SetTargets> for Registry {
                     tracing::info!(target = %target.id, "finished container restarted, resuming");
                     let addr = spawn_tailer(&self.args, target, t.status.clone(), &t.acks, ctx);
                     t.tailer = Some(addr);
+                    t.restarts.started = std::time::Instant::now();
                 }
                 None => {}
             }
@@ -249,13 +284,27 @@ impl Handler<TailerFinished> for Registry {
         t.tailer = None;
         if t.vanished {
             self.tailers.remove(&msg.id);
-        } else if t.status.snapshot().state != TargetState::Finished {
-            // The tailer died without deciding to finish (a panic): restart it, not the process.
-            tracing::warn!(target = %msg.id, "tailer ended unexpectedly, restarting it");
-            let addr = spawn_tailer(&self.args, t.target.clone(), t.status.clone(), &t.acks, ctx);
-            if let Some(t) = self.tailers.get_mut(&msg.id) {
+        } else if let Some(panic) = msg.panicked {
+            // The tailer died without deciding to finish: restart it (not the process), after
+            // a backoff so that one that panics at once does not spin.
+            let delay = t.restarts.after_panic(t.restarts.started.elapsed());
+            tracing::warn!(target = %msg.id, "{panic}; restarting the tailer in {delay:.1?}");
+            t.status
+                .update(|s| s.last_error = Some(format!("{panic} (restarting in {delay:.1?})")));
+            let id = msg.id;
+            ctx.run_later(delay, move |act, ctx| {
+                let Some(t) = act.tailers.get_mut(&id) else {
+                    return;
+                };
+                // Vanished meanwhile, or already restarted by a new target set.
+                if t.vanished || t.tailer.is_some() {
+                    return;
+                }
+                let addr =
+                    spawn_tailer(&act.args, t.target.clone(), t.status.clone(), &t.acks, ctx);
                 t.tailer = Some(addr);
-            }
+                t.restarts.started = std::time::Instant::now();
+            });
         }
         self.publish_counts();
     }
@@ -393,6 +442,7 @@ mod tests {
             }),
             discovered: Arc::new(LabelMap::new()),
             container_id: Some(cid.into()),
+            state: None,
         }
     }
 

@@ -135,6 +135,136 @@ pub struct Target {
     pub discovered: Arc<LabelMap>,
     /// `__meta_kubernetes_pod_container_id` when known (changes when the container restarts).
     pub container_id: Option<String>,
+    /// What the pod watch last said about the container; `None` where no watch knows it
+    /// (static `[[targets]]`): the tailer then asks the API server.
+    pub state: Option<Arc<ContainerState>>,
+}
+
+/// A container as its pod reports it: what the tailer decides reconnects, restarts and
+/// termination on (SPEC §5.4–§5.5), kept small because every target carries one.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ContainerState {
+    /// The pod's `status.phase` (`Succeeded` and `Failed` are terminal).
+    pub pod_phase: Option<String>,
+    /// The pod's `spec.restartPolicy` (`Always` when unset).
+    pub restart_policy: Option<String>,
+    /// Which list the container is in: restart rules differ.
+    pub kind: ContainerKind,
+    /// The container's status; `None` while the pod does not report it yet.
+    pub status: Option<ContainerRun>,
+}
+
+/// Which list of the pod a container is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ContainerKind {
+    #[default]
+    Regular,
+    /// An init container; `sidecar` when its own restartPolicy is `Always`.
+    Init { sidecar: bool },
+    /// A debug container (`kubectl debug`): never restarted.
+    Ephemeral,
+}
+
+/// A container's reported instance and state.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ContainerRun {
+    /// The instance the kubelet serves logs of (`containerd://…`), when it has one.
+    pub container_id: Option<String>,
+    pub run: Run,
+}
+
+/// The state of a container instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Run {
+    Running,
+    Terminated {
+        exit_code: i32,
+    },
+    /// Waiting (image pull, crash-loop backoff), or no state reported.
+    #[default]
+    Waiting,
+}
+
+impl ContainerState {
+    /// What `pod` says about `container`.
+    pub fn from_pod(pod: &k8s_openapi::api::core::v1::Pod, container: &str) -> ContainerState {
+        let spec = pod.spec.as_ref();
+        let status = pod.status.as_ref();
+        let sidecar = spec
+            .and_then(|s| s.init_containers.as_ref())
+            .and_then(|l| l.iter().find(|c| c.name == container))
+            .and_then(|c| c.restart_policy.as_deref())
+            == Some("Always");
+        let lists = [
+            (
+                status.and_then(|s| s.container_statuses.as_ref()),
+                ContainerKind::Regular,
+            ),
+            (
+                status.and_then(|s| s.init_container_statuses.as_ref()),
+                ContainerKind::Init { sidecar },
+            ),
+            (
+                status.and_then(|s| s.ephemeral_container_statuses.as_ref()),
+                ContainerKind::Ephemeral,
+            ),
+        ];
+        let found = lists.into_iter().find_map(|(list, kind)| {
+            list?
+                .iter()
+                .find(|cs| cs.name == container)
+                .map(|cs| (cs, kind))
+        });
+        let kind = match found {
+            Some((_, kind)) => kind,
+            // Not reported yet: the spec says which list it belongs to.
+            None if spec.is_some_and(|s| {
+                s.init_containers
+                    .iter()
+                    .flatten()
+                    .any(|c| c.name == container)
+            }) =>
+            {
+                ContainerKind::Init { sidecar }
+            }
+            None if spec.is_some_and(|s| {
+                s.ephemeral_containers
+                    .iter()
+                    .flatten()
+                    .any(|c| c.name == container)
+            }) =>
+            {
+                ContainerKind::Ephemeral
+            }
+            None => ContainerKind::Regular,
+        };
+        ContainerState {
+            pod_phase: status.and_then(|s| s.phase.clone()),
+            restart_policy: spec.and_then(|s| s.restart_policy.clone()),
+            kind,
+            status: found.map(|(cs, _)| {
+                let state = cs.state.as_ref();
+                let run = if state.is_some_and(|s| s.running.is_some()) {
+                    Run::Running
+                } else if let Some(t) = state.and_then(|s| s.terminated.as_ref()) {
+                    Run::Terminated {
+                        exit_code: t.exit_code,
+                    }
+                } else {
+                    Run::Waiting
+                };
+                ContainerRun {
+                    container_id: cs.container_id.clone().filter(|id| !id.is_empty()),
+                    run,
+                }
+            }),
+        }
+    }
+
+    /// The container ID the kubelet serves logs of right now, when the pod says.
+    pub fn current_instance(&self) -> Option<&str> {
+        self.status.as_ref()?.container_id.as_deref()
+    }
 }
 
 /// A target that relabelling kept but that cannot be tailed, with the reason (SPEC §4.3).

@@ -596,3 +596,18 @@ pub fn cluster_handover() {
 pub fn cluster_lease_error() {
     counter!("kube_log_relay_cluster_lease_errors_total").increment(1);
 }
+
+/// Declares `kube_log_relay_tailer_panics_total` and exports it at 0 (the registry calls this
+/// as it starts; kept beside its counter so that this metric stays in one place).
+pub fn declare_tailer_panics() {
+    describe_counter!(
+        "kube_log_relay_tailer_panics_total",
+        "Tailers that panicked; each is restarted after a backoff."
+    );
+    counter!("kube_log_relay_tailer_panics_total").increment(0);
+}
+
+/// A tailer panicked; the registry restarts it after a backoff (SPEC §2).
+pub fn tailer_panicked() {
+    counter!("kube_log_relay_tailer_panics_total").increment(1);
+}

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use super::meta;
 use super::relabel::is_valid_label_name;
-use crate::target::{LabelMap, Labels, RejectedTarget, Stream, Target, TargetId, TargetSet};
+use crate::target::{
+    ContainerState, LabelMap, Labels, RejectedTarget, Stream, Target, TargetId, TargetSet,
+};
 
 /// The label that selects a target's Loki tenant.
 pub const TENANT_LABEL: &str = "__tenant_id__";
@@ -25,10 +27,12 @@ const IDENTITY: [(&str, &str); 4] = [
     ("__pod_uid__", meta::POD_UID),
 ];
 
-/// Builds one target from its discovered labels and its labels after relabelling.
+/// Builds one target from its discovered labels, its labels after relabelling and its
+/// container's state when a watch knows it.
 pub fn build_target(
     discovered: Arc<LabelMap>,
     relabelled: LabelMap,
+    state: Option<Arc<ContainerState>>,
 ) -> Result<Target, RejectedTarget> {
     let reject = |labels: LabelMap, reason: String| RejectedTarget {
         discovered: discovered.clone(),
@@ -109,15 +113,18 @@ pub fn build_target(
         }),
         discovered,
         container_id,
+        state,
     })
 }
 
-/// Builds a complete set from `(discovered, relabelled)` pairs of targets relabelling kept.
-/// A second target with the identity of an earlier one is rejected, naming the first.
-pub fn build_set(candidates: impl Iterator<Item = (Arc<LabelMap>, LabelMap)>) -> TargetSet {
+/// Builds a complete set from `(discovered, relabelled, state)` triples of targets relabelling
+/// kept. A second target with the identity of an earlier one is rejected, naming the first.
+pub fn build_set(
+    candidates: impl Iterator<Item = (Arc<LabelMap>, LabelMap, Option<Arc<ContainerState>>)>,
+) -> TargetSet {
     let mut set = TargetSet::default();
-    for (discovered, relabelled) in candidates {
-        match build_target(discovered, relabelled) {
+    for (discovered, relabelled, state) in candidates {
+        match build_target(discovered, relabelled, state) {
             Err(rejected) => set.rejected.push(rejected),
             Ok(target) => match set.targets.entry(target.id.clone()) {
                 Entry::Vacant(slot) => {
@@ -165,7 +172,7 @@ mod tests {
 
     fn build(pairs: &[(&str, &str)]) -> Result<Target, RejectedTarget> {
         let m = labels(pairs);
-        build_target(Arc::new(m.clone()), m)
+        build_target(Arc::new(m.clone()), m, None)
     }
 
     #[test]
@@ -236,11 +243,13 @@ mod tests {
     #[test]
     fn pod_through_default_rules() {
         let rules = default_rules();
-        let candidates = pod_targets(&sample_pod(), None, None)
+        let pod = sample_pod();
+        let candidates = pod_targets(&pod, None, None)
             .into_iter()
-            .filter_map(|m| {
+            .zip(crate::discovery::meta::container_states(&pod))
+            .filter_map(|(m, state)| {
                 let d = Arc::new(m.clone());
-                relabel(&rules, m).map(|r| (d, r))
+                relabel(&rules, m).map(|r| (d, r, Some(Arc::new(state))))
             });
         let set = build_set(candidates);
         assert!(set.rejected.is_empty(), "{:?}", set.rejected);
@@ -256,6 +265,11 @@ mod tests {
             r#"{app="web", container="nginx", job="shop/nginx", namespace="shop", pod="web-7d4b9-x2k4z"}"#
         );
         assert_eq!(nginx.container_id.as_deref(), Some("containerd://nginx3"));
+        let state = nginx
+            .state
+            .as_deref()
+            .expect("the watched state rides along");
+        assert_eq!(state.current_instance(), Some("containerd://nginx3"));
         assert_eq!(nginx.id.uid, "0b1c2d3e-0000-4000-8000-000000000001");
         assert_eq!(nginx.stream.tenant, None);
         assert_eq!(
@@ -273,7 +287,7 @@ mod tests {
         let set = build_set(
             [a.clone(), b, bad]
                 .into_iter()
-                .map(|m| (Arc::new(m.clone()), m)),
+                .map(|m| (Arc::new(m.clone()), m, None)),
         );
         assert_eq!(set.targets.len(), 1);
         let kept = set.targets.values().next().unwrap();

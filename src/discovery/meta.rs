@@ -15,7 +15,7 @@
 use k8s_openapi::api::core::v1::{Container, ContainerPort, ContainerStatus, Namespace, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::target::LabelMap;
+use crate::target::{ContainerState, LabelMap};
 
 /// Prefix of every discovery label.
 const META: &str = "__meta_kubernetes_";
@@ -69,6 +69,25 @@ pub fn pod_targets(pod: &Pod, node: Option<&Node>, namespace: Option<&Namespace>
         out.push(m);
     }
     out
+}
+
+/// What `pod` says about each of its containers, in the order of [`pod_targets`] (which it
+/// matches one for one): the tailers decide on this instead of fetching the pod (SPEC §5.4).
+pub fn container_states(pod: &Pod) -> Vec<ContainerState> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    if spec.node_name.as_deref().unwrap_or_default().is_empty() {
+        return Vec::new();
+    }
+    let regular = spec.containers.iter().map(|c| &c.name);
+    let init = spec.init_containers.iter().flatten().map(|c| &c.name);
+    let ephemeral = spec.ephemeral_containers.iter().flatten().map(|c| &c.name);
+    regular
+        .chain(init)
+        .chain(ephemeral)
+        .map(|name| ContainerState::from_pod(pod, name))
+        .collect()
 }
 
 /// The labels shared by every container of a pod (no node or namespace metadata).

@@ -21,7 +21,7 @@ use super::build::build_set;
 use super::meta;
 use super::relabel::relabel;
 use crate::config::model::{AttachMetadata, RelabelRule, StaticTarget};
-use crate::target::{LabelMap, TargetSet};
+use crate::target::{ContainerState, LabelMap, TargetSet};
 
 /// A pod's key in the store: `(namespace, name)`.
 pub type PodKey = (String, String);
@@ -100,6 +100,8 @@ struct PodEntry {
     base: Vec<Arc<LabelMap>>,
     /// Per container, the labels with metadata attached and their relabelled form.
     candidates: Vec<Candidate>,
+    /// Per container, its state as the pod reports it (handed to its tailer).
+    states: Vec<Arc<ContainerState>>,
 }
 
 /// The discovery store: pods of each watch scope, node and namespace metadata, static targets.
@@ -158,7 +160,9 @@ impl WatchState {
             Event::Apply(pod) => {
                 let (key, entry) = ctx.entry(&pod);
                 match reflected.items.get(&key) {
-                    Some(old) if old.candidates == entry.candidates => {
+                    Some(old)
+                        if old.candidates == entry.candidates && old.states == entry.states =>
+                    {
                         // Status heartbeats, managed fields…: nothing a target shows changed.
                         reflected.items.insert(key, entry);
                         false
@@ -200,10 +204,16 @@ impl WatchState {
             .pods
             .iter()
             .flat_map(|p| p.items.values())
-            .flat_map(|e| e.candidates.iter());
+            .flat_map(|e| {
+                e.candidates
+                    .iter()
+                    .zip(e.states.iter().map(|s| Some(s.clone())))
+            });
+        // Static targets: no watch knows their container.
+        let statics = self.statics.iter().map(|c| (c, None));
         build_set(
-            pods.chain(self.statics.iter())
-                .filter_map(|(d, r)| r.as_ref().map(|r| (d.clone(), r.clone()))),
+            pods.chain(statics)
+                .filter_map(|((d, r), s)| r.as_ref().map(|r| (d.clone(), r.clone(), s))),
         )
     }
 
@@ -325,6 +335,10 @@ impl Joins<'_> {
                 .map(Arc::new)
                 .collect(),
             candidates: Vec::new(),
+            states: meta::container_states(pod)
+                .into_iter()
+                .map(Arc::new)
+                .collect(),
         };
         entry.candidates = self.candidates(&entry);
         (key, entry)

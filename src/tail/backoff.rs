@@ -36,10 +36,16 @@ impl Backoff {
 
     /// The delay before the next attempt with `jitter` in [0, 1): `base × (½ + jitter/2)`.
     pub fn next_delay_with(&mut self, jitter: f64) -> Duration {
+        jittered_with(self.next_base(), jitter)
+    }
+
+    /// The base delay of the next attempt, before jitter (the pure state machine returns it; its
+    /// shell applies [`jittered`]).
+    pub fn next_base(&mut self) -> Duration {
         let base = self.next;
         // Saturating: a doubling past `Duration::MAX` must stop at `max`, not panic.
         self.next = base.saturating_mul(2).min(self.max);
-        base.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+        base
     }
 
     /// A stream ended after being open for `open_for`: a healthy one resets the backoff.
@@ -53,6 +59,15 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.next = self.min;
     }
+}
+
+/// `base` scaled by a random factor in [½, 1).
+pub fn jittered(base: Duration) -> Duration {
+    jittered_with(base, rand::random::<f64>())
+}
+
+fn jittered_with(base: Duration, jitter: f64) -> Duration {
+    base.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
 }
 
 #[cfg(test)]

@@ -1,12 +1,19 @@
 //! The tailer: one actor per container following `pods/log` (SPEC §5).
 //!
-//! The actor ([`tailer`]) is a thin shell around the read loop (`stream`), which drives plain,
-//! tested pieces: [`line`](mod@line) (splitting and timestamps, §5.2), [`crate::cursor`]
+//! The actor ([`tailer`]) owns the read loop (`stream`), a thin async shell that performs what
+//! the pure state machine [`machine`] decides (reconnect, rotate, restart, drain, finish: §5.4–§5.6,
+//! table-tested) and drives plain, tested pieces: [`line`](mod@line) (splitting and timestamps,
+//! §5.2), [`pending`] (lines through the cursor into the chunk being filled), [`crate::cursor`]
 //! (exactly-once resume, §5.3, and the acknowledged position, §4.4), [`request`] (request
-//! parameters, §5.1), [`termination`] (what follows a stream's end, §5.4–5.5) and [`backoff`]
-//! (reconnect delays).
+//! parameters, §5.1), [`termination`] (what the container's state means, §5.4–5.5), [`backoff`]
+//! (reconnect delays) and [`error`] (why a stream failed).
 pub mod backoff;
+pub mod error;
+#[doc(hidden)]
+pub mod fault;
 pub mod line;
+pub mod machine;
+pub mod pending;
 pub mod request;
 pub mod status;
 mod stream;

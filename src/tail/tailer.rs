@@ -4,8 +4,9 @@
 //! pressure) never blocks the actor's mailbox: [`UpdateTarget`] and [`Drain`] reach the loop
 //! through watch channels at any time, and [`Stop`] aborts it. When the loop ends on its own
 //! (the container finished, the pod is gone, the drain completed) — or panics — the actor tells
-//! the registry with [`TailerFinished`] and stops; a panic therefore ends one tailer, which the
-//! registry may restart, never the process.
+//! the registry with [`TailerFinished`] and stops. A panic ends that one tailer, never the
+//! process: it is counted, its message shown as the target's `last_error`, and the registry
+//! restarts the tailer after a backoff (SPEC §2).
 
 use std::sync::Arc;
 
@@ -63,6 +64,8 @@ pub struct Stop;
 pub struct TailerFinished {
     pub id: TargetId,
     pub container_id: Option<String>,
+    /// The panic message when the loop panicked: the target is not done, restart it.
+    pub panicked: Option<String>,
 }
 
 /// One container's tailer.
@@ -123,21 +126,29 @@ impl Actor for Tailer {
         self.abort = Some(task.abort_handle());
         // A panic in the loop is caught by the runtime and surfaces here as a JoinError.
         ctx.spawn(task.into_actor(self).map(|result, act, ctx| {
-            let container_id = match result {
-                Ok(container_id) => container_id,
+            let (container_id, panicked) = match result {
+                Ok(container_id) => {
+                    act.status.update(|s| s.state = TargetState::Finished);
+                    (container_id, None)
+                }
                 // Aborted by Stop: the registry already knows.
                 Err(e) if e.is_cancelled() => return,
                 Err(e) => {
-                    let message = format!("tailer panicked: {e}");
-                    tracing::error!(target = %act.id, "{message}; reporting to the registry");
-                    act.status.update(|s| s.last_error = Some(message));
-                    act.status.snapshot().container_id
+                    let message = format!("tailer panicked: {}", panic_message(e));
+                    tracing::error!(target = %act.id, "{message}; the registry restarts it");
+                    crate::telemetry::tailer_panicked();
+                    // Not finished: the target still has lines to read.
+                    act.status.update(|s| {
+                        s.state = TargetState::Backoff;
+                        s.last_error = Some(message.clone());
+                    });
+                    (act.status.snapshot().container_id, Some(message))
                 }
             };
-            act.status.update(|s| s.state = TargetState::Finished);
             act.registry.do_send(TailerFinished {
                 id: (*act.id).clone(),
                 container_id,
+                panicked,
             });
             ctx.stop();
         }));
@@ -147,6 +158,19 @@ impl Actor for Tailer {
         if let Some(abort) = self.abort.take() {
             abort.abort();
         }
+    }
+}
+
+/// The message a panic carried (`panic!("…")` carries a `&str` or a `String`).
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(payload) => match payload.downcast::<String>() {
+            Ok(s) => *s,
+            Err(payload) => payload
+                .downcast_ref::<&str>()
+                .map_or_else(|| "(no message)".to_string(), |s| s.to_string()),
+        },
+        Err(e) => e.to_string(),
     }
 }
 
@@ -281,6 +305,7 @@ mod tests {
                 }),
                 discovered: Default::default(),
                 container_id: None,
+                state: None,
             };
             let config = TailConfig {
                 min_backoff: Duration::from_millis(50),

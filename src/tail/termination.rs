@@ -1,13 +1,14 @@
 //! What to do after a stream ended cleanly: the pure decision of SPEC §5.4 and §5.5.
 //!
 //! A follow stream ends when the container stops, when the API server or a proxy cuts it, or
-//! when the kubelet rotates the file. The tailer then fetches the pod and asks [`decide`]:
+//! when the kubelet rotates the file. The tailer then looks at the container's state (as the
+//! pod watch reports it: [`ContainerState`]) and asks [`decide`]:
 //! reconnect (same instance still running), read the previous instance's remainder and follow the
 //! new one (restart), wait (the container will start again), or finish (it will not: restart
 //! policy `Never`, `OnFailure` after exit code 0, a terminal pod phase, or the pod is gone — so
 //! Job pods finish).
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use crate::target::{ContainerKind, ContainerState, Run};
 
 /// Why a tailer finishes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,106 +41,55 @@ pub enum Termination {
     Finished(FinishReason),
 }
 
-/// Decides what follows a stream's end for `container` of `pod` (`None`: the pod is gone),
-/// given the container ID the tailer was following.
-pub fn decide(pod: Option<&Pod>, container: &str, following_id: Option<&str>) -> Termination {
-    let Some(pod) = pod else {
+/// Decides what follows a stream's end for a container in `state` (`None`: the pod is gone),
+/// given the container ID the tailer was following. `state` comes from the pod watch (or,
+/// where no watch knows the pod, from a GET): [`ContainerState::from_pod`].
+pub fn decide(state: Option<&ContainerState>, following_id: Option<&str>) -> Termination {
+    let Some(state) = state else {
         return Termination::Finished(FinishReason::PodGone);
     };
-    let status = pod.status.as_ref();
-    if let Some(phase) = status.and_then(|s| s.phase.as_deref())
+    if let Some(phase) = state.pod_phase.as_deref()
         && (phase == "Succeeded" || phase == "Failed")
     {
         return Termination::Finished(FinishReason::PodCompleted {
             phase: phase.to_string(),
         });
     }
-    let Some((cs, kind)) = container_status(pod, container) else {
+    let Some(status) = &state.status else {
         // Not reported yet (pod just scheduled): it will appear.
         return Termination::Waiting;
     };
-    let state = cs.state.as_ref();
-    let current_id = cs.container_id.as_deref().filter(|id| !id.is_empty());
-
+    let current_id = status.container_id.as_deref();
     if let (Some(current), Some(following)) = (current_id, following_id)
         && current != following
+        && status.run != Run::Waiting
     {
-        let running = state.is_some_and(|s| s.running.is_some());
-        let terminated = state.is_some_and(|s| s.terminated.is_some());
-        if running || terminated {
-            return Termination::Restarted {
-                previous_id: Some(following.to_string()),
-                new_id: current.to_string(),
-            };
-        }
+        return Termination::Restarted {
+            previous_id: Some(following.to_string()),
+            new_id: current.to_string(),
+        };
     }
-    if let Some(state) = state {
-        if state.running.is_some() {
-            return Termination::Reconnect {
-                container_id: current_id.map(str::to_string),
-            };
+    match status.run {
+        Run::Running => Termination::Reconnect {
+            container_id: current_id.map(str::to_string),
+        },
+        Run::Terminated { exit_code } if !will_restart(state, exit_code) => {
+            Termination::Finished(FinishReason::Terminated { exit_code })
         }
-        if let Some(t) = &state.terminated {
-            return if will_restart(pod, kind, container, t.exit_code) {
-                Termination::Waiting
-            } else {
-                Termination::Finished(FinishReason::Terminated {
-                    exit_code: t.exit_code,
-                })
-            };
-        }
+        // Waiting (image pull, crash-loop backoff), or terminated and about to restart.
+        Run::Terminated { .. } | Run::Waiting => Termination::Waiting,
     }
-    // Waiting (image pull, crash-loop backoff) or no state yet.
-    Termination::Waiting
 }
 
-/// Which list a container belongs to: restart rules differ.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Regular,
-    Init,
-    Ephemeral,
-}
-
-/// The container ID the kubelet serves logs of right now, when the pod says.
-pub fn current_instance<'a>(pod: &'a Pod, container: &str) -> Option<&'a str> {
-    container_status(pod, container)?.0.container_id.as_deref()
-}
-
-fn container_status<'a>(pod: &'a Pod, name: &str) -> Option<(&'a ContainerStatus, Kind)> {
-    let status = pod.status.as_ref()?;
-    let lists = [
-        (status.container_statuses.as_ref(), Kind::Regular),
-        (status.init_container_statuses.as_ref(), Kind::Init),
-        (
-            status.ephemeral_container_statuses.as_ref(),
-            Kind::Ephemeral,
-        ),
-    ];
-    lists
-        .into_iter()
-        .find_map(|(list, kind)| list?.iter().find(|cs| cs.name == name).map(|cs| (cs, kind)))
-}
-
-fn will_restart(pod: &Pod, kind: Kind, container: &str, exit_code: i32) -> bool {
-    let spec = pod.spec.as_ref();
-    let pod_policy = spec
-        .and_then(|s| s.restart_policy.as_deref())
-        .unwrap_or("Always");
-    match kind {
+fn will_restart(state: &ContainerState, exit_code: i32) -> bool {
+    let pod_policy = state.restart_policy.as_deref().unwrap_or("Always");
+    match state.kind {
         // Ephemeral (debug) containers never restart.
-        Kind::Ephemeral => false,
-        Kind::Init => {
-            // A sidecar (init container with restartPolicy Always) restarts like a regular
-            // container under `Always`; others rerun only after a failure, unless `Never`.
-            let sidecar = spec
-                .and_then(|s| s.init_containers.as_ref())
-                .and_then(|l| l.iter().find(|c| c.name == container))
-                .and_then(|c| c.restart_policy.as_deref())
-                == Some("Always");
-            sidecar || (exit_code != 0 && pod_policy != "Never")
-        }
-        Kind::Regular => match pod_policy {
+        ContainerKind::Ephemeral => false,
+        // A sidecar (init container with restartPolicy Always) restarts like a regular
+        // container under `Always`; others rerun only after a failure, unless `Never`.
+        ContainerKind::Init { sidecar } => sidecar || (exit_code != 0 && pod_policy != "Never"),
+        ContainerKind::Regular => match pod_policy {
             "Never" => false,
             "OnFailure" => exit_code != 0,
             _ => true,
@@ -151,8 +101,8 @@ fn will_restart(pod: &Pod, kind: Kind, container: &str, exit_code: i32) -> bool 
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
-        ContainerStateWaiting, PodSpec, PodStatus,
+        Container, ContainerState as K8sState, ContainerStateRunning, ContainerStateTerminated,
+        ContainerStateWaiting, ContainerStatus, Pod, PodSpec, PodStatus,
     };
 
     enum S {
@@ -163,18 +113,18 @@ mod tests {
 
     fn pod(policy: &str, phase: &str, id: Option<&str>, state: S, init: bool) -> Pod {
         let state = match state {
-            S::Running => ContainerState {
+            S::Running => K8sState {
                 running: Some(ContainerStateRunning::default()),
                 ..Default::default()
             },
-            S::Terminated(code) => ContainerState {
+            S::Terminated(code) => K8sState {
                 terminated: Some(ContainerStateTerminated {
                     exit_code: code,
                     ..Default::default()
                 }),
                 ..Default::default()
             },
-            S::Waiting => ContainerState {
+            S::Waiting => K8sState {
                 waiting: Some(ContainerStateWaiting {
                     reason: Some("CrashLoopBackOff".into()),
                     ..Default::default()
@@ -249,14 +199,18 @@ mod tests {
             ("init container failed, Never", pod("Never", "Pending", a, S::Terminated(1), true), a, finished_exit(1)),
         ];
         for (name, pod, following, want) in table {
-            assert_eq!(decide(Some(&pod), "c", following), want, "{name}");
+            assert_eq!(
+                decide(Some(&ContainerState::from_pod(&pod, "c")), following),
+                want,
+                "{name}"
+            );
         }
     }
 
     #[test]
     fn pod_gone_finishes() {
         assert_eq!(
-            decide(None, "c", Some("x")),
+            decide(None, Some("x")),
             Termination::Finished(FinishReason::PodGone)
         );
     }
@@ -264,7 +218,8 @@ mod tests {
     #[test]
     fn unknown_container_waits() {
         let p = pod("Always", "Pending", None, S::Running, false);
-        assert_eq!(decide(Some(&p), "other", None), Termination::Waiting);
+        let state = ContainerState::from_pod(&p, "other");
+        assert_eq!(decide(Some(&state), None), Termination::Waiting);
     }
 
     #[test]
@@ -272,6 +227,7 @@ mod tests {
         let mut p = pod("Never", "Running", Some("x"), S::Terminated(0), true);
         p.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[0].restart_policy =
             Some("Always".into());
-        assert_eq!(decide(Some(&p), "c", Some("x")), Termination::Waiting);
+        let state = ContainerState::from_pod(&p, "c");
+        assert_eq!(decide(Some(&state), Some("x")), Termination::Waiting);
     }
 }

@@ -14,3 +14,5 @@ mod reload;
 mod server;
 mod sim_tls;
 mod support;
+mod tail_faults;
+mod tail_scale;
