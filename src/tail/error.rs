@@ -2,6 +2,7 @@
 //! `kube_log_relay_stream_errors_total{kind}` counts it, and as the decisions see it
 //! ([`Failure`]).
 
+use crate::telemetry::StreamErrorKind;
 use std::time::Duration;
 
 use super::machine::Failure;
@@ -46,14 +47,14 @@ impl StreamError {
     }
 
     /// The `kind` label of `kube_log_relay_stream_errors_total`.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> StreamErrorKind {
         match self {
-            StreamError::Waiting(_) => "waiting",
-            StreamError::NotFound(_) => "not_found",
-            StreamError::Status { .. } => "status",
-            StreamError::Open(_) => "connect",
-            StreamError::Timeout(_) => "timeout",
-            StreamError::Read(_) => "read",
+            StreamError::Waiting(_) => StreamErrorKind::Waiting,
+            StreamError::NotFound(_) => StreamErrorKind::NotFound,
+            StreamError::Status { .. } => StreamErrorKind::Status,
+            StreamError::Open(_) => StreamErrorKind::Connect,
+            StreamError::Timeout(_) => StreamErrorKind::Timeout,
+            StreamError::Read(_) => StreamErrorKind::Read,
         }
     }
 
@@ -106,15 +107,30 @@ mod tests {
             400,
             "container \"c\" in pod \"p\" is waiting to start: ContainerCreating",
         ));
-        assert_eq!((e.kind(), e.failure()), ("waiting", Failure::Waiting));
+        assert_eq!(
+            (e.kind().as_str(), e.failure()),
+            ("waiting", Failure::Waiting)
+        );
         let e = StreamError::from_kube(status(404, "pods \"p\" not found"));
-        assert_eq!((e.kind(), e.failure()), ("not_found", Failure::NotFound));
+        assert_eq!(
+            (e.kind().as_str(), e.failure()),
+            ("not_found", Failure::NotFound)
+        );
         let e = StreamError::from_kube(status(400, "previous terminated container not found"));
-        assert_eq!((e.kind(), e.failure()), ("status", Failure::Rejected));
+        assert_eq!(
+            (e.kind().as_str(), e.failure()),
+            ("status", Failure::Rejected)
+        );
         let e = StreamError::from_kube(status(500, "boom"));
-        assert_eq!((e.kind(), e.failure()), ("status", Failure::Transient));
+        assert_eq!(
+            (e.kind().as_str(), e.failure()),
+            ("status", Failure::Transient)
+        );
         let timeout = kube::Error::Service(Box::new(OpenTimedOut(Duration::from_secs(30))));
         let e = StreamError::from_kube(timeout);
-        assert_eq!((e.kind(), e.failure()), ("timeout", Failure::Transient));
+        assert_eq!(
+            (e.kind().as_str(), e.failure()),
+            ("timeout", Failure::Transient)
+        );
     }
 }

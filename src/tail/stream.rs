@@ -334,7 +334,7 @@ impl Shell {
 
     /// An open or a read failed: count it, show it, ask the machine.
     fn failed(&mut self, err: StreamError) -> Action {
-        telemetry::stream_error(err.kind());
+        telemetry::stream_failed(err.kind());
         let message = err.to_string();
         self.args
             .status
@@ -374,7 +374,7 @@ impl Shell {
                     if let Some(suppressed) = crate::logging::ERRORS.check("pod_fetch_failed") {
                         tracing::warn!(target = %self.args.id, suppressed, "cannot fetch the pod: {e}; retrying after a backoff");
                     }
-                    telemetry::stream_error("pod");
+                    telemetry::stream_failed(telemetry::StreamErrorKind::Pod);
                     return self.step(Event::PodUnavailable);
                 }
             },
