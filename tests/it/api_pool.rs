@@ -79,6 +79,7 @@ async fn wait_streams(sim: &Sim, n: u64) {
 
 #[actix_rt::test]
 async fn three_hundred_streams_share_four_connections_and_every_line_arrives_once() {
+    let _heavy = support::heavy().await;
     let (sim, _dir) = tls_sim(250, None).await;
     // 300 containers, 40 lines each over 8 s: streams stay open while the count is taken.
     add_pods(&sim, 100, 5.0, Some(40));
@@ -119,6 +120,7 @@ async fn three_hundred_streams_share_four_connections_and_every_line_arrives_onc
 /// Opens 300 idle follow streams with `extra` settings and returns the connections the
 /// simulator counted once they are all open.
 async fn connections_for(server_limit: u32, extra: &str) -> (u64, u64) {
+    let _heavy = support::heavy().await;
     let (sim, _dir) = tls_sim(server_limit, None).await;
     add_pods(&sim, 100, 0.5, None);
     let sink = support::sink().await;
@@ -143,6 +145,7 @@ async fn our_limit_and_the_servers_limit_the_smaller_wins() {
 
 #[actix_rt::test]
 async fn a_killed_connection_reopens_only_its_own_streams_from_their_cursors() {
+    let _heavy = support::heavy().await;
     let (sim, _dir) = tls_sim(250, None).await;
     add_pods(&sim, 100, 5.0, Some(60));
     let sink = support::sink().await;
@@ -385,5 +388,77 @@ async fn redirects_are_followed_or_named() {
     assert!(
         err.contains("/moved/api/v1/pods"),
         "names the Location: {err}"
+    );
+}
+
+/// Tails one short-lived container through a relay whose `[kubernetes]` TLS part is `tls`
+/// (the `api_server` line is added) and checks every line arrived once; returns the
+/// simulator's connections while the relay still ran.
+async fn tails_with(sim: &Sim, tls: &str, pod: &str) -> kube_log_relay::sim::SimStats {
+    sim.add_pod(
+        PodSpec::new("tls", pod)
+            .restart_policy(RestartPolicy::Never)
+            .container(ContainerSpec::new("c").rate(100.0).total_lines(20, 0)),
+    );
+    let sink = support::sink().await;
+    let text = format!(
+        "[kubernetes]\napi_server = \"{}\"\n{tls}\n[tail]\nterminated_grace = \"1s\"\n[server]\nlisten = \"127.0.0.1:0\"\n",
+        sim.url()
+    ) + &support::loki_table("a", &sink, "");
+    let relay = support::relay(&text).await;
+    eventually(&format!("tls/{pod}/c delivered through {tls:?}"), || {
+        support::lines_of(&sink.entries(), "tls", pod, "c").len() == 20
+    })
+    .await;
+    let stats = sim.stats();
+    relay.shutdown().await;
+    support::assert_exactly_once(
+        &format!("tls/{pod}/c"),
+        &sim.written_lines("tls", pod, "c"),
+        &support::lines_of(&sink.entries(), "tls", pod, "c"),
+    );
+    stats
+}
+
+#[actix_rt::test]
+async fn every_tls_setting_reaches_the_api_server() {
+    let auth = AuthOptions {
+        client_certs: true,
+        ..Default::default()
+    };
+    let (sim, _dir) = tls_sim(250, Some(auth)).await;
+    let files = sim.tls_files().expect("TLS files").clone();
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("read PEM");
+    // Inline PEM, the certificate's other name, TLS 1.3 only.
+    let inline = format!(
+        "enable_http2 = true\n[kubernetes.tls_config]\nca_pem = '''\n{}'''\ncert_pem = '''\n{}'''\nkey_pem = '''\n{}'''\nserver_name = \"localhost\"\nmin_version = \"TLS13\"\n",
+        read(&files.ca),
+        read(&files.client_cert),
+        read(&files.client_key)
+    );
+    tails_with(&sim, &inline, "inline").await;
+    // Files, and no CA at all but insecure_skip_verify.
+    let insecure = format!(
+        "[kubernetes.tls_config]\ninsecure_skip_verify = true\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        files.client_cert.display(),
+        files.client_key.display()
+    );
+    let stats = tails_with(&sim, &insecure, "insecure").await;
+    assert!(
+        stats
+            .connections
+            .iter()
+            .any(|c| c.protocol == "h2" && c.client_cert),
+        "HTTP/2 by ALPN with the client certificate: {stats:?}"
+    );
+
+    // enable_http2 = false: HTTP/1.1 only, one connection per open request.
+    let (sim, _dir) = tls_sim(250, None).await;
+    let ca = sim.tls_files().expect("files").ca.display().to_string();
+    let h1 = format!("enable_http2 = false\n[kubernetes.tls_config]\nca_file = \"{ca}\"\n");
+    let stats = tails_with(&sim, &h1, "http1").await;
+    assert!(
+        !stats.connections.is_empty() && stats.connections.iter().all(|c| c.protocol == "http/1.1"),
+        "{stats:?}"
     );
 }

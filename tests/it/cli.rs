@@ -132,15 +132,10 @@ fn version_names_the_crate_version() {
 
 #[tokio::test]
 async fn kubectl_lists_pods_and_reads_logs_from_the_simulator() {
-    if Command::new("kubectl")
-        .arg("version")
-        .arg("--client")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED: kubectl is not installed");
+    let Some(_) = crate::support::require_tool(&["kubectl"], "apt-get install kubernetes-client")
+    else {
         return;
-    }
+    };
     let sim = kube_log_relay::sim::Sim::start("127.0.0.1:0")
         .await
         .unwrap();

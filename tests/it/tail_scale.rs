@@ -10,7 +10,7 @@ use kube_log_relay::sim::{ContainerSpec, PodSpec};
 
 use crate::support;
 
-const N: usize = 2_000;
+const N: usize = 1_500;
 const QPS: usize = 100;
 
 /// Lines received per pod of namespace `scale`.
@@ -56,6 +56,7 @@ async fn every_pod(
 
 #[actix_rt::test]
 async fn thousands_of_streams_open_within_n_over_qps_from_cold_and_after_an_outage() {
+    let _heavy = support::heavy().await;
     let sim = support::sim().await;
     let sink = support::sink().await;
     for i in 0..N {

@@ -465,3 +465,11 @@ mod tests {
         require_tool_in(path_with(dir.path()), &["no-such-tool"], "nowhere", true);
     }
 }
+
+/// Held by the tests that load the machine most (thousands of streams, hundreds of
+/// connections), so that two of them never run at once and a bound derived from the
+/// configuration (N ÷ qps + 10 s) measures the relay rather than its neighbours.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
