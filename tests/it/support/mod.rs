@@ -405,6 +405,14 @@ impl Drop for RelayProcess {
     }
 }
 
+/// Held by the tests that load the machine most (thousands of streams, hundreds of
+/// connections), so that two of them never run at once and a bound derived from the
+/// configuration (N ÷ qps + 10 s) measures the relay rather than its neighbours.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
 #[cfg(test)]
 mod tests {
     use super::require_tool_in;
@@ -464,12 +472,4 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         require_tool_in(path_with(dir.path()), &["no-such-tool"], "nowhere", true);
     }
-}
-
-/// Held by the tests that load the machine most (thousands of streams, hundreds of
-/// connections), so that two of them never run at once and a bound derived from the
-/// configuration (N ÷ qps + 10 s) measures the relay rather than its neighbours.
-pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
-    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    HEAVY.lock().await
 }
