@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use ::kube::config::{Kubeconfig, KubeconfigError};
 use base64::Engine as _;
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -32,18 +32,17 @@ pub fn client_config(cfg: &KubernetesConfig) -> Result<::kube::Config, KubeClien
     config.default_retry = false;
     apply_auth(&mut config, &cfg.auth)?;
     apply_tls(&mut config, &cfg.tls)?;
-    for (name, values) in &cfg.http_headers {
-        let header =
-            HeaderName::from_bytes(name.as_bytes()).map_err(|e| KubeClientError::Header {
-                name: name.clone(),
-                reason: e.to_string(),
-            })?;
-        for value in values {
-            config
-                .headers
-                .push((header.clone(), header_value(name, value.expose())?));
+    let headers = crate::net::headers::secret_headers(cfg.http_headers.iter()).map_err(|e| {
+        KubeClientError::Header {
+            name: e.name,
+            reason: e.reason,
         }
-    }
+    })?;
+    config.headers.extend(
+        headers
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone())),
+    );
     Ok(config)
 }
 

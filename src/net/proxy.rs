@@ -16,7 +16,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::proxy::matcher::Matcher;
@@ -232,24 +232,12 @@ fn no_proxy_for(uri: &http::Uri, entries: &[String]) -> String {
 
 /// `proxy_connect_header` as the headers of the `CONNECT` request.
 fn connect_headers(proxy: &ProxyConfig) -> Result<HeaderMap, ProxyError> {
-    let mut headers = HeaderMap::new();
-    for (name, values) in &proxy.connect_headers {
-        let header_name =
-            HeaderName::from_bytes(name.as_bytes()).map_err(|e| ProxyError::ProxyHeader {
-                name: name.clone(),
-                reason: e.to_string(),
-            })?;
-        for value in values {
-            let mut value =
-                HeaderValue::from_str(value.expose()).map_err(|e| ProxyError::ProxyHeader {
-                    name: name.clone(),
-                    reason: e.to_string(),
-                })?;
-            value.set_sensitive(true);
-            headers.append(header_name.clone(), value);
+    super::headers::secret_headers(proxy.connect_headers.iter()).map_err(|e| {
+        ProxyError::ProxyHeader {
+            name: e.name,
+            reason: e.reason,
         }
-    }
-    Ok(headers)
+    })
 }
 
 #[cfg(test)]

@@ -25,8 +25,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{
-    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHORIZATION,
-    USER_AGENT,
+    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, PROXY_AUTHORIZATION, USER_AGENT,
 };
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
@@ -133,19 +132,15 @@ impl PushClient {
             USER_AGENT,
             HeaderValue::from_static(concat!("kube-log-relay/", env!("CARGO_PKG_VERSION"))),
         );
-        for (name, value) in &config.headers {
-            let header_name =
-                HeaderName::from_bytes(name.as_bytes()).map_err(|e| ClientError::Header {
-                    name: name.clone(),
-                    reason: e.to_string(),
-                })?;
-            let mut header_value =
-                HeaderValue::from_str(value.expose()).map_err(|e| ClientError::Header {
-                    name: name.clone(),
-                    reason: e.to_string(),
-                })?;
-            header_value.set_sensitive(true);
-            headers.insert(header_name, header_value);
+        let configured = crate::net::headers::secret_headers(
+            config.headers.iter().map(|(name, value)| (name, [value])),
+        )
+        .map_err(|e| ClientError::Header {
+            name: e.name,
+            reason: e.reason,
+        })?;
+        for (name, value) in &configured {
+            headers.insert(name.clone(), value.clone());
         }
         let auth = AuthHeader::new(&config.auth)?;
         let route = Route::new(&uri, &config.proxy)?;
