@@ -10,7 +10,7 @@ use kube_log_relay::sim::{ContainerSpec, PodSpec};
 
 use crate::support;
 
-const N: usize = 1_500;
+const N: usize = 1_000;
 const QPS: usize = 100;
 
 /// Lines received per pod of namespace `scale`.
