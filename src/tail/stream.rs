@@ -22,7 +22,6 @@
 //! acknowledged position in the positions table and the status, even after this loop ended.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::Recipient;
 use bytes::Bytes;
@@ -34,19 +33,16 @@ use kube::Api;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::backoff::jittered;
 use super::error::StreamError;
 use super::line::LineSplitter;
 use super::machine::{Action, Event, Settings, Tail};
 use super::pending::Pending;
 use super::request::{self, Read};
 use super::status::{TailerStatus, TargetState};
-use super::termination;
-use crate::chunk::{AckSender, Chunk};
 use crate::config::model::TailConfig;
 use crate::cursor::{Cursor, Position, ReadCursor, TargetAcks};
 use crate::forward::Forward;
-use crate::target::{ContainerState, Target, TargetId};
+use crate::target::{Target, TargetId};
 use crate::telemetry;
 
 /// Room for `<RFC3339Nano> ` before a line's text, so `max_line_size` limits the text itself.
@@ -72,14 +68,16 @@ pub(crate) struct ReadLoop {
     pub acks: Arc<TargetAcks>,
 }
 
-/// The shell's state: the machine, the cursor and the chunk being filled.
-struct Shell {
-    args: ReadLoop,
-    machine: Tail,
-    cursor: ReadCursor,
-    pending: Pending,
+/// The shell's state: the machine, the cursor and the chunk being filled. Its performers live
+/// in this file (opening and reading), [`super::decide`] (the container's state, sleeping) and
+/// [`super::send`] (chunks to the forwarder).
+pub(super) struct Shell {
+    pub(super) args: ReadLoop,
+    pub(super) machine: Tail,
+    pub(super) cursor: ReadCursor,
+    pub(super) pending: Pending,
     /// A stream was opened before: later opens count as reconnects.
-    opened_once: bool,
+    pub(super) opened_once: bool,
 }
 
 impl ReadLoop {
@@ -137,7 +135,7 @@ impl Shell {
     }
 
     /// Steps the machine, logging what it decided.
-    fn step(&mut self, event: Event) -> Action {
+    pub(super) fn step(&mut self, event: Event) -> Action {
         let was_draining = self.machine.draining();
         let action = self.machine.apply(event.clone(), Instant::now());
         if self.machine.draining() && !was_draining {
@@ -151,17 +149,12 @@ impl Shell {
     }
 
     /// A drain request not yet given to the machine, and what it changes.
-    fn poll_drain(&mut self) -> Option<Action> {
+    pub(super) fn poll_drain(&mut self) -> Option<Action> {
         if self.machine.draining() || !*self.args.drain.borrow() {
             return None;
         }
         self.set_state(TargetState::Draining);
         Some(self.step(Event::DrainRequested)).filter(|a| *a != Action::Continue)
-    }
-
-    /// The container state the pod watch last reported (`None`: no watch knows the target).
-    fn watched(&mut self) -> Option<Arc<ContainerState>> {
-        self.args.target.borrow_and_update().state.clone()
     }
 
     /// Opens one stream and reads it to its end (or until a deadline, drain or new client).
@@ -346,153 +339,7 @@ impl Shell {
         action
     }
 
-    /// Looks at the pod's state and asks the machine.
-    async fn decide(&mut self, settle: Option<Duration>) -> Action {
-        // A follow stream just ended: the watch may not have reported why yet.
-        if let Some(settle) = settle
-            && !self.args.target.has_changed().unwrap_or(true)
-        {
-            tokio::select! {
-                _ = self.args.target.changed() => {}
-                _ = self.args.drain.changed() => {}
-                _ = tokio::time::sleep(settle) => {}
-            }
-        }
-        if let Some(action) = self.poll_drain() {
-            return action;
-        }
-        let following = self.machine.container_id.clone();
-        let decision = match self.watched() {
-            Some(state) => termination::decide(Some(&state), following.as_deref()),
-            // No watch knows this target (a static one): ask the API server.
-            None => match self.fetch_pod().await {
-                Ok(pod) => {
-                    let state = pod.map(|p| ContainerState::from_pod(&p, &self.args.id.container));
-                    termination::decide(state.as_ref(), following.as_deref())
-                }
-                Err(e) => {
-                    if let Some(suppressed) = crate::logging::ERRORS.check("pod_fetch_failed") {
-                        tracing::warn!(target = %self.args.id, suppressed, "cannot fetch the pod: {e}; retrying after a backoff");
-                    }
-                    telemetry::stream_failed(telemetry::StreamErrorKind::Pod);
-                    return self.step(Event::PodUnavailable);
-                }
-            },
-        };
-        tracing::info!(target = %self.args.id, ?decision, "the container's state decides");
-        self.step(Event::Pod(decision))
-    }
-
-    /// The pod of a target no watch knows; `None` when it is gone (or is another pod of the
-    /// same name: another UID is another target).
-    async fn fetch_pod(&self) -> Result<Option<Pod>, kube::Error> {
-        let client = self.args.client.borrow().clone();
-        let api: Api<Pod> = Api::namespaced(client, &self.args.id.namespace);
-        let pod = api.get_opt(&self.args.id.pod).await?;
-        Ok(pod.filter(|p| p.metadata.uid.as_deref() == Some(&self.args.id.uid)))
-    }
-
-    /// Whether the watch (if it knows the target) still shows the instance the cursor is in.
-    fn watched_instance_is_ours(&mut self) -> bool {
-        let expected = self.machine.container_id.clone();
-        match (expected, self.watched()) {
-            (Some(expected), Some(state)) => state
-                .current_instance()
-                .is_none_or(|current| current == &*expected),
-            _ => true,
-        }
-    }
-
-    /// The same check for a target no watch knows: one GET after the stream opened.
-    async fn fetched_is_ours(&mut self) -> bool {
-        if self.args.target.borrow().state.is_some() {
-            return true;
-        }
-        let Some(expected) = self.machine.container_id.clone() else {
-            return true;
-        };
-        match self.fetch_pod().await {
-            Ok(Some(pod)) => ContainerState::from_pod(&pod, &self.args.id.container)
-                .current_instance()
-                .is_none_or(|current| current == &*expected),
-            // Gone or unreachable: the read and the decision after it handle that.
-            Ok(None) | Err(_) => true,
-        }
-    }
-
-    /// Sleeps a jittered `base` showing `state`, then asks the machine.
-    async fn sleep(&mut self, base: Duration, state: TargetState) -> Action {
-        self.set_state(state);
-        let delay = jittered(base);
-        tracing::info!(target = %self.args.id, ?state, "checking the container again in {delay:.1?}");
-        let until = Instant::now() + delay;
-        loop {
-            let deadline = self.machine.deadline().map_or(until, |d| d.min(until));
-            let waiting = state == TargetState::Waiting;
-            let event = tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => if deadline < until {
-                    Event::DeadlinePassed
-                } else {
-                    Event::Slept
-                },
-                changed = self.args.drain.changed(), if !self.machine.draining() => match changed {
-                    Err(_) => return Action::Finish,
-                    Ok(()) => match self.poll_drain() {
-                        Some(action) => return action,
-                        None => continue,
-                    },
-                },
-                // A container we wait for may have started: look now rather than later.
-                Ok(()) = self.args.target.changed(), if waiting => Event::Slept,
-            };
-            match self.step(event) {
-                Action::Continue => continue,
-                action => return action,
-            }
-        }
-    }
-
-    /// Sends the pending chunk (awaiting the forwarder: back-pressure). False when the
-    /// forwarder is gone.
-    async fn flush(&mut self) -> bool {
-        let position = Position {
-            container_id: self.machine.container_id.clone(),
-            cursor: self.cursor.position(),
-        };
-        if self.pending.entries.is_empty() {
-            if std::mem::take(&mut self.pending.dropped) {
-                self.args.acks.moved(position);
-            }
-            return true;
-        }
-        let pending = self.pending.take();
-        let (lines, bytes) = (pending.entries.len() as u64, pending.bytes as u64);
-        let seq = self.args.acks.next_seq();
-        let stream = self.args.target.borrow().stream.clone();
-        let acks = Some(self.args.acks.clone() as AckSender);
-        let chunk = Chunk::new(
-            self.args.id.clone(),
-            stream,
-            pending.entries,
-            seq,
-            pending.read_at,
-            acks,
-        );
-        self.args.acks.sent(seq, position.clone(), pending.read_at);
-        telemetry::lines_read(lines, bytes);
-        self.args.status.update(|s| {
-            s.lines += lines;
-            s.bytes += bytes;
-            s.last_read = Some(Timestamp::now());
-            s.last_entry_timestamp = pending.last_timestamp;
-            s.cursor_since = Timestamp::from_second(position.cursor.since).ok();
-            s.cursor_skip = position.cursor.skip;
-            s.container_id = position.container_id.as_deref().map(str::to_string);
-        });
-        self.args.forwarder.send(Forward(chunk)).await.is_ok()
-    }
-
-    fn set_state(&self, state: TargetState) {
+    pub(super) fn set_state(&self, state: TargetState) {
         self.args.status.update(|s| s.state = state);
     }
 }
@@ -522,6 +369,7 @@ async fn next_bytes<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<
 mod tests {
     use super::*;
     use std::sync::Mutex;
+    use std::time::Duration;
 
     use actix::prelude::*;
 

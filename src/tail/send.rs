@@ -1,0 +1,53 @@
+//! Chunks to the forwarder (SPEC §2, §4.4): the tailer shell sends what it read as one
+//! [`Chunk`], awaiting the send (a full receiver queue pushes back to the stream), and records
+//! the position after it with the target's acknowledgement tracker.
+
+use jiff::Timestamp;
+
+use super::stream::Shell;
+use crate::chunk::{AckSender, Chunk};
+use crate::cursor::Position;
+use crate::forward::Forward;
+use crate::telemetry;
+
+impl Shell {
+    /// Sends the pending chunk (awaiting the forwarder: back-pressure). False when the
+    /// forwarder is gone.
+    pub(super) async fn flush(&mut self) -> bool {
+        let position = Position {
+            container_id: self.machine.container_id.clone(),
+            cursor: self.cursor.position(),
+        };
+        if self.pending.entries.is_empty() {
+            if std::mem::take(&mut self.pending.dropped) {
+                self.args.acks.moved(position);
+            }
+            return true;
+        }
+        let pending = self.pending.take();
+        let (lines, bytes) = (pending.entries.len() as u64, pending.bytes as u64);
+        let seq = self.args.acks.next_seq();
+        let stream = self.args.target.borrow().stream.clone();
+        let acks = Some(self.args.acks.clone() as AckSender);
+        let chunk = Chunk::new(
+            self.args.id.clone(),
+            stream,
+            pending.entries,
+            seq,
+            pending.read_at,
+            acks,
+        );
+        self.args.acks.sent(seq, position.clone(), pending.read_at);
+        telemetry::lines_read(lines, bytes);
+        self.args.status.update(|s| {
+            s.lines += lines;
+            s.bytes += bytes;
+            s.last_read = Some(Timestamp::now());
+            s.last_entry_timestamp = pending.last_timestamp;
+            s.cursor_since = Timestamp::from_second(position.cursor.since).ok();
+            s.cursor_skip = position.cursor.skip;
+            s.container_id = position.container_id.as_deref().map(str::to_string);
+        });
+        self.args.forwarder.send(Forward(chunk)).await.is_ok()
+    }
+}
