@@ -18,11 +18,13 @@ use std::time::Instant;
 use actix::prelude::*;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::cluster::identity::Identity;
+use crate::config::{Config, PositionsBackend};
 use crate::discovery::{self, Discovery, DiscoveryArgs, Reconfigure, Restart};
 use crate::forward::{Forwarder, SetReceivers, Shutdown};
 use crate::kube::KubeClientError;
 use crate::positions::PositionsTable;
+use crate::positions::kubernetes::KubeStore;
 use crate::positions::sync::{self, Backend, PositionsError};
 use crate::receiver::{self, ReceiverError, ReceiverHandle};
 use crate::registry::{Registry, RegistryArgs, SetClient, SetTailConfig, StopAll};
@@ -72,8 +74,14 @@ impl Relay {
         let api = crate::kube::build_api(&config.kubernetes).await?;
         let client = api.client.clone();
         // Positions first: a corrupt file must stop the start, before anything is read.
-        let backend = Backend::from_config(&config.positions)?;
-        let positions = Arc::new(backend.load()?);
+        let identity = Identity::resolve(&config.clustering);
+        let backend = match &config.positions.backend {
+            PositionsBackend::Kubernetes => {
+                Backend::Kubernetes(Arc::new(KubeStore::new(client.clone(), identity.clone())))
+            }
+            _ => Backend::from_config(&config.positions)?,
+        };
+        let positions = Arc::new(backend.load().await?);
         if !positions.is_empty() {
             tracing::info!(targets = positions.len(), "loaded stored positions");
         }

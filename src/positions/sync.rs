@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use tokio::sync::watch;
 
+use super::kubernetes::{KubeStore, KubeStoreError};
 use super::{PositionsTable, file};
 use crate::config::{PositionsBackend, PositionsConfig};
 use crate::telemetry;
@@ -18,6 +19,8 @@ pub enum Backend {
     /// Nothing persisted (no `[positions]` table).
     Memory,
     File(PathBuf),
+    /// ConfigMaps in the relay's namespace (SPEC §7).
+    Kubernetes(Arc<KubeStore>),
 }
 
 /// Why positions cannot be used.
@@ -25,8 +28,10 @@ pub enum Backend {
 pub enum PositionsError {
     #[error(transparent)]
     File(#[from] file::FileError),
+    #[error(transparent)]
+    Kubernetes(#[from] KubeStoreError),
     #[error(
-        "positions.backend = \"kubernetes\" is not supported yet: use backend = \"file\" with a persistent volume"
+        "positions.backend = \"kubernetes\" needs the Kubernetes client: use Backend::Kubernetes"
     )]
     KubernetesBackend,
 }
@@ -42,15 +47,33 @@ impl Backend {
     }
 
     /// Loads the stored positions into a new table.
-    pub fn load(&self) -> Result<PositionsTable, PositionsError> {
+    pub async fn load(&self) -> Result<PositionsTable, PositionsError> {
         Ok(match self {
             Backend::Memory => PositionsTable::default(),
             Backend::File(path) => PositionsTable::new(file::load(path)?),
+            Backend::Kubernetes(store) => PositionsTable::new(store.load().await?.positions),
         })
     }
 
     /// Writes the table if it changed; counts writes and errors.
-    pub fn sync(&self, table: &PositionsTable) {
+    pub async fn sync(&self, table: &PositionsTable) {
+        if let Backend::Kubernetes(store) = self {
+            let Some(entries) = table.take_dirty() else {
+                return;
+            };
+            match store.save(&entries).await {
+                Ok(learned) => {
+                    telemetry::position_write();
+                    table.absorb(learned);
+                }
+                Err(e) => {
+                    table.mark_dirty();
+                    telemetry::position_write_error();
+                    tracing::error!(error = %e, "positions not saved; retrying at the next sync");
+                }
+            }
+            return;
+        }
         let Backend::File(path) = self else {
             // Nothing to write, but keep the table from reporting stale changes.
             let _ = table.take_dirty();
@@ -93,7 +116,7 @@ pub async fn run(
             );
         }
         telemetry::positions_lag(table.lag(Instant::now()));
-        backend.sync(&table);
+        backend.sync(&table).await;
     }
-    backend.sync(&table);
+    backend.sync(&table).await;
 }
