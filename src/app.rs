@@ -13,21 +13,27 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::cluster::coordinator::{self, ClusterStatus, CoordinatorArgs, Gate, StatusHandle};
+use crate::cluster::handover::View;
+use crate::cluster::identity::Identity;
+use crate::cluster::lease;
+use crate::config::{Config, PositionsBackend};
 use crate::discovery::{self, Discovery, DiscoveryArgs, Reconfigure, Restart};
 use crate::forward::{Forwarder, SetReceivers, Shutdown};
 use crate::kube::KubeClientError;
 use crate::positions::PositionsTable;
+use crate::positions::kubernetes::KubeStore;
 use crate::positions::sync::{self, Backend, PositionsError};
 use crate::receiver::{self, ReceiverError, ReceiverHandle};
 use crate::registry::{Registry, RegistryArgs, SetClient, SetTailConfig, StopAll};
 use crate::reload::{self, ReceiverChange, Reload, ReloadError, ReloadReport, STDOUT};
 use crate::server::{self, ServerError, ServerState};
+use crate::target::SetTargets;
 use crate::telemetry;
 
 /// Why the relay could not start.
@@ -55,6 +61,67 @@ pub struct Relay {
     /// Stops the positions sync task, which then writes once more.
     stop_sync: watch::Sender<bool>,
     sync_task: tokio::task::JoinHandle<()>,
+    cluster: Option<Cluster>,
+    cluster_status: StatusHandle,
+}
+
+/// The clustering tasks of a replica (SPEC §7).
+struct Cluster {
+    gate: Addr<Gate>,
+    store: Arc<KubeStore>,
+    stop_coordinator: watch::Sender<bool>,
+    coordinator: tokio::task::JoinHandle<()>,
+    stop_lease: watch::Sender<bool>,
+    lease: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the Lease keeper and the coordinator; discovery's sets go to the returned gate.
+fn start_cluster(
+    config: &Config,
+    client: &kube::Client,
+    identity: Identity,
+    store: Arc<KubeStore>,
+    registry: Addr<Registry>,
+    table: Arc<PositionsTable>,
+    status: StatusHandle,
+) -> Cluster {
+    let c = &config.clustering;
+    let (view_tx, view_rx) = watch::channel(View {
+        me: identity.name.clone(),
+        ..View::default()
+    });
+    let (stop_lease, stop_lease_rx) = watch::channel(false);
+    let lease = tokio::spawn(lease::run(
+        client.clone(),
+        identity,
+        c.clone(),
+        view_tx,
+        stop_lease_rx,
+    ));
+    let (gate, targets) = Gate::new();
+    let (stop_coordinator, stop_rx) = watch::channel(false);
+    let coordinator = tokio::spawn(coordinator::run(
+        CoordinatorArgs {
+            registry,
+            store: store.clone(),
+            table,
+            view: view_rx,
+            targets,
+            poll: (c.renew_interval / 5).clamp(Duration::from_millis(200), Duration::from_secs(1)),
+            release_timeout: config.shutdown.timeout.min(Duration::from_secs(10)),
+            settle: c.renew_interval,
+            status,
+        },
+        stop_rx,
+    ));
+    Cluster {
+        gate: gate.start(),
+        store,
+        stop_coordinator,
+        coordinator,
+        stop_lease,
+        lease,
+    }
 }
 
 impl Relay {
@@ -72,15 +139,21 @@ impl Relay {
         let api = crate::kube::build_api(&config.kubernetes).await?;
         let client = api.client.clone();
         // Positions first: a corrupt file must stop the start, before anything is read.
-        let backend = Backend::from_config(&config.positions)?;
-        let positions = Arc::new(backend.load()?);
+        let identity = Identity::resolve(&config.clustering);
+        let backend = match &config.positions.backend {
+            PositionsBackend::Kubernetes => {
+                Backend::Kubernetes(Arc::new(KubeStore::new(client.clone(), identity.clone())))
+            }
+            _ => Backend::from_config(&config.positions)?,
+        };
+        let positions = Arc::new(backend.load().await?);
         if !positions.is_empty() {
             tracing::info!(targets = positions.len(), "loaded stored positions");
         }
         let (stop_sync, stop_rx) = watch::channel(false);
         let sync_task = tokio::spawn(sync::run(
             positions.clone(),
-            backend,
+            backend.clone(),
             config.positions.clone(),
             stop_rx,
         ));
@@ -94,7 +167,28 @@ impl Relay {
             positions: positions.clone(),
         })
         .start();
-        let discovery = discovery::start(discovery_args(&config, &client, &registry));
+        let cluster_status = Arc::new(std::sync::Mutex::new(ClusterStatus {
+            identity: identity.name.clone(),
+            namespace: identity.namespace.clone(),
+            ..ClusterStatus::default()
+        }));
+        let (sets, cluster) = match (&backend, config.clustering.enabled) {
+            (Backend::Kubernetes(store), true) => {
+                let cluster = start_cluster(
+                    &config,
+                    &client,
+                    identity,
+                    store.clone(),
+                    registry.clone(),
+                    positions.clone(),
+                    cluster_status.clone(),
+                );
+                (cluster.gate.clone().recipient(), Some(cluster))
+            }
+            (_, true) => return Err(PositionsError::KubernetesBackend.into()),
+            _ => (registry.clone().recipient(), None),
+        };
+        let discovery = discovery::start(discovery_args(&config, &client, sets.clone()));
         let live = server::Live::new(config.clone(), receivers.clone(), Some(api.pool.clone()));
         let controller = Controller {
             path,
@@ -106,6 +200,7 @@ impl Relay {
                 .collect(),
             discovery: discovery.clone(),
             registry: registry.clone(),
+            sets,
             forwarder: forwarder.clone(),
             live: live.clone(),
         }
@@ -133,7 +228,17 @@ impl Relay {
             positions,
             stop_sync,
             sync_task,
+            cluster,
+            cluster_status,
         })
+    }
+
+    /// What this replica knows of the cluster (identity, members, owners).
+    pub fn cluster_status(&self) -> ClusterStatus {
+        self.cluster_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The address the HTTP endpoints listen on.
@@ -169,12 +274,27 @@ impl Relay {
             "shutting down: stopping tailers, flushing receivers"
         );
         self.discovery.do_send(discovery::StopDiscovery);
+        if let Some(c) = &self.cluster {
+            // No more claims; what this replica holds is released by the final write below.
+            let _ = c.stop_coordinator.send(true);
+        }
         let _ = self.registry.send(StopAll).await;
         let _ = self.forwarder.send(Shutdown { deadline }).await;
+        if let Some(c) = &self.cluster {
+            // Every acknowledgement is in: the final write commits the cursors and releases
+            // every target at once (SPEC §7).
+            c.store.set_held(Default::default());
+        }
         // Receivers are flushed: every acknowledgement that will come has come. Commit.
         let _ = self.stop_sync.send(true);
         if let Err(e) = self.sync_task.await {
             tracing::error!(error = %e, "the positions sync task failed");
+        }
+        if let Some(c) = self.cluster {
+            let _ = c.coordinator.await;
+            // Last: the others take over as soon as the Lease is gone.
+            let _ = c.stop_lease.send(true);
+            let _ = c.lease.await;
         }
         tracing::info!("shutdown complete");
     }
@@ -193,14 +313,14 @@ fn deadline_after(timeout: std::time::Duration) -> Instant {
 fn discovery_args(
     config: &Config,
     client: &kube::Client,
-    registry: &Addr<Registry>,
+    sets: Recipient<SetTargets>,
 ) -> DiscoveryArgs {
     DiscoveryArgs {
         client: Some(client.clone()),
         config: config.discovery.clone(),
         rules: Arc::new(config.relabel.clone()),
         statics: config.targets.clone(),
-        registry: registry.clone().recipient(),
+        registry: sets,
     }
 }
 
@@ -261,6 +381,8 @@ pub struct Controller {
     receivers: BTreeMap<String, ReceiverHandle>,
     discovery: Addr<Discovery>,
     registry: Addr<Registry>,
+    /// Where discovery's target sets go: the registry, or the cluster's gate.
+    sets: Recipient<SetTargets>,
     forwarder: Addr<Forwarder>,
     live: server::Live,
 }
@@ -290,10 +412,20 @@ impl Handler<Reload> for Controller {
             self.registry.clone(),
             self.forwarder.clone(),
         );
+        let sets = self.sets.clone();
         let work = async move {
             let path = path.ok_or(ReloadError::NoFile)?;
             let new = crate::config::load(&path).map_err(ReloadError::Invalid)?;
-            apply(old, new, api, receivers, discovery, registry, forwarder).await
+            apply(
+                old,
+                new,
+                api,
+                receivers,
+                (discovery, sets),
+                registry,
+                forwarder,
+            )
+            .await
         };
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
             |result, act, _| match result {
@@ -327,7 +459,8 @@ async fn apply(
     new: Config,
     api: crate::kube::Api,
     mut receivers: BTreeMap<String, ReceiverHandle>,
-    discovery: Addr<Discovery>,
+    // Discovery, and where its sets go (the registry, or the cluster's gate).
+    (discovery, sets): (Addr<Discovery>, Recipient<SetTargets>),
     registry: Addr<Registry>,
     forwarder: Addr<Forwarder>,
 ) -> Result<Applied, ReloadError> {
@@ -422,7 +555,7 @@ async fn apply(
     }
     if plan.kubernetes || plan.discovery {
         report.push("discovery watches restarted".into());
-        discovery.do_send(Restart(discovery_args(&new, &client, &registry)));
+        discovery.do_send(Restart(discovery_args(&new, &client, sets)));
     } else if plan.targets {
         report.push("relabel rules / static targets re-applied".into());
         discovery.do_send(Reconfigure {

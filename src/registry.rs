@@ -422,6 +422,51 @@ impl Handler<StopAll> for Registry {
     }
 }
 
+/// Clustering (SPEC §7): stop these targets' tailers and forget them, answering once every
+/// chunk they sent is acknowledged (or at `deadline`), so that the positions table holds the
+/// cursor the new owner resumes from. Discovery's next set for this registry leaves them out.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Release {
+    pub ids: Vec<TargetId>,
+    pub deadline: std::time::Instant,
+}
+
+impl Handler<Release> for Registry {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: Release, _: &mut Context<Self>) -> Self::Result {
+        let mut stopping = Vec::new();
+        for id in &msg.ids {
+            if let Some(t) = self.tailers.remove(id) {
+                tracing::info!(target = %id, "handing the target over: stopping its tailer");
+                if let Some(addr) = &t.tailer {
+                    addr.do_send(Stop);
+                }
+                stopping.push((t.tailer, t.acks));
+            }
+        }
+        self.publish_counts();
+        let deadline = msg.deadline;
+        Box::pin(async move {
+            let done = || {
+                stopping.iter().all(|(addr, acks)| {
+                    addr.as_ref().is_none_or(|a| !a.connected())
+                        && acks.oldest_unacknowledged().is_none()
+                })
+            };
+            while !done() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if !done() {
+                tracing::warn!(
+                    "handing targets over before every line was acknowledged: the new owner re-reads the rest"
+                );
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

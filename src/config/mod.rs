@@ -889,10 +889,14 @@ mod tests {
             errors,
             [
                 "discovery.enabled: discovery is disabled and there is no [[targets]] entry: nothing would be tailed",
-                r#"positions.backend: "kubernetes" is not supported by this version yet (it comes with clustering); use backend = "file" with a persistent volume"#,
                 r#"positions.path: is only used with backend = "file" (the kubernetes backend keeps positions in ConfigMaps)"#,
             ]
         );
+        let config = ok(&with_receiver(
+            "[positions]\nbackend = \"kubernetes\"\n[clustering]\nenabled = true\n",
+        ));
+        assert_eq!(config.positions.backend, PositionsBackend::Kubernetes);
+        assert!(config.clustering.enabled);
         let config = ok(&with_receiver(
             "[positions]\nbackend = \"file\"\npath = \"/var/lib/p.json\"\n",
         ));

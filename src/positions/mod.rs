@@ -5,7 +5,7 @@
 //! acknowledged position into the shared [`PositionsTable`], directly from the receiver that
 //! finished the chunk last — so acknowledgements keep landing while the tailers are already
 //! stopped and the receivers flush at shutdown. A sync task ([`sync`]) writes the table through
-//! the backend ([`file`](mod@file)) every `sync_period` and once more at shutdown.
+//! the backend ([`file`](mod@file) or [`kubernetes`]) every `sync_period` and once more at shutdown.
 //!
 //! Vanished targets are forgotten after `gc_after` ([`PositionsTable::gc`]): the registry reports
 //! which targets exist after every discovery set. A target absent from a report ages from that
@@ -14,6 +14,7 @@
 //! deleted while the relay was down go as soon as that date is `gc_after` old.
 
 pub mod file;
+pub mod kubernetes;
 pub mod sync;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -125,6 +126,37 @@ impl PositionsTable {
             }
         }
         inner.dirty = true;
+    }
+
+    /// Takes each of `entries` that is newer (by `updated`) than the table's, or unknown to it:
+    /// positions written by another replica (SPEC §7) or another writer of our ConfigMaps.
+    pub fn absorb(&self, entries: BTreeMap<TargetId, Stored>) {
+        let mut inner = self.lock();
+        for (id, stored) in entries {
+            match inner.entries.get_mut(&id) {
+                Some(e) if e.stored.updated >= stored.updated => {}
+                Some(e) => e.stored = stored,
+                None => {
+                    inner.entries.insert(
+                        id,
+                        Entry {
+                            stored,
+                            vanished_since: None,
+                        },
+                    );
+                }
+            }
+            inner.dirty = true;
+        }
+    }
+
+    /// A copy of every entry (for a commit outside the sync period).
+    pub fn snapshot(&self) -> BTreeMap<TargetId, Stored> {
+        self.lock()
+            .entries
+            .iter()
+            .map(|(id, e)| (id.clone(), e.stored.clone()))
+            .collect()
     }
 
     /// Registers a running tailer's acknowledgement tracker (for the lag metric).

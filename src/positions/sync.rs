@@ -1,7 +1,8 @@
 //! The sync task: writes the positions table every `sync_period` and once more at shutdown,
 //! collects vanished targets' positions after `gc_after`, and publishes the lag metric.
 //!
-//! The task runs on the actors' thread; each write runs on a blocking thread, one at a time.
+//! The task runs on the actors' thread; each file write runs on a blocking thread, one at a
+//! time; the kubernetes backend's writes are API requests, awaited in turn.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use tokio::sync::watch;
 
+use super::kubernetes::{KubeStore, KubeStoreError};
 use super::{PositionsTable, Stored, file};
 use crate::config::{PositionsBackend, PositionsConfig};
 use crate::target::TargetId;
@@ -22,6 +24,8 @@ pub enum Backend {
     /// Nothing persisted (no `[positions]` table).
     Memory,
     File(PathBuf),
+    /// ConfigMaps in the relay's namespace (SPEC §7).
+    Kubernetes(Arc<KubeStore>),
 }
 
 /// Why positions cannot be used.
@@ -29,8 +33,10 @@ pub enum Backend {
 pub enum PositionsError {
     #[error(transparent)]
     File(#[from] file::FileError),
+    #[error(transparent)]
+    Kubernetes(#[from] KubeStoreError),
     #[error(
-        "positions.backend = \"kubernetes\" is not supported yet: use backend = \"file\" with a persistent volume"
+        "positions.backend = \"kubernetes\" needs the Kubernetes client: use Backend::Kubernetes"
     )]
     KubernetesBackend,
 }
@@ -46,20 +52,38 @@ impl Backend {
     }
 
     /// Loads the stored positions into a new table.
-    pub fn load(&self) -> Result<PositionsTable, PositionsError> {
+    pub async fn load(&self) -> Result<PositionsTable, PositionsError> {
         Ok(match self {
             Backend::Memory => PositionsTable::default(),
             Backend::File(path) => PositionsTable::new(file::load(path)?),
+            Backend::Kubernetes(store) => PositionsTable::new(store.load().await?.positions),
         })
     }
 
-    /// Where writes go: nothing for `Memory`.
-    fn store(&self) -> Option<Arc<dyn Store>> {
+    /// Writes the table now if it changed (what the sync task does every `sync_period`).
+    pub async fn sync(&self, table: &PositionsTable) {
+        write(table, &self.sink()).await;
+    }
+
+    /// Where writes go.
+    fn sink(&self) -> Sink {
         match self {
-            Backend::Memory => None,
-            Backend::File(path) => Some(Arc::new(FileStore(path.clone()))),
+            Backend::Memory => Sink::None,
+            Backend::File(path) => Sink::Blocking(Arc::new(FileStore(path.clone()))),
+            Backend::Kubernetes(store) => Sink::Kubernetes(store.clone()),
         }
     }
+}
+
+/// How the sync task writes.
+enum Sink {
+    /// Nothing persisted.
+    None,
+    /// A [`Store`] called on a blocking thread.
+    Blocking(Arc<dyn Store>),
+    /// ConfigMaps, written with API requests (what other replicas wrote meanwhile comes back
+    /// and is absorbed into the table).
+    Kubernetes(Arc<KubeStore>),
 }
 
 /// Persists a whole table. Called on a blocking thread, one call at a time.
@@ -85,13 +109,13 @@ pub async fn run(
     config: PositionsConfig,
     stop: watch::Receiver<bool>,
 ) {
-    run_with(table, backend.store(), config, stop).await
+    run_with(table, backend.sink(), config, stop).await
 }
 
-/// [`run`] writing through `store` (`None`: nothing is persisted).
+/// [`run`] writing through `sink`.
 async fn run_with(
     table: Arc<PositionsTable>,
-    store: Option<Arc<dyn Store>>,
+    sink: Sink,
     config: PositionsConfig,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -110,9 +134,9 @@ async fn run_with(
             );
         }
         telemetry::positions_lag(table.lag(Instant::now()));
-        write(&table, store.as_ref()).await;
+        write(&table, &sink).await;
     }
-    write(&table, store.as_ref()).await;
+    write(&table, &sink).await;
 }
 
 /// Writes the table if it changed; counts writes and errors.
@@ -122,23 +146,32 @@ async fn run_with(
 /// a blocking thread. The loop awaits it before the next tick, so two writes never overlap (a
 /// tick missed meanwhile is delayed, not queued); changes made during a write mark the table
 /// dirty again for the next one.
-async fn write(table: &PositionsTable, store: Option<&Arc<dyn Store>>) {
-    let Some(store) = store else {
-        // Nothing to write, but keep the table from reporting stale changes.
-        let _ = table.take_dirty();
-        return;
-    };
+async fn write(table: &PositionsTable, sink: &Sink) {
     let Some(entries) = table.take_dirty() else {
         return;
     };
-    let store = store.clone();
-    let error = match tokio::task::spawn_blocking(move || store.save(&entries)).await {
-        Ok(Ok(())) => {
-            telemetry::position_write();
-            return;
+    let error = match sink {
+        // Nothing to write; taking the changes keeps the table from reporting stale ones.
+        Sink::None => return,
+        Sink::Blocking(store) => {
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.save(&entries)).await {
+                Ok(Ok(())) => {
+                    telemetry::position_write();
+                    return;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => format!("the write was cancelled or panicked: {e}"),
+            }
         }
-        Ok(Err(e)) => e.to_string(),
-        Err(e) => format!("the write was cancelled or panicked: {e}"),
+        Sink::Kubernetes(store) => match store.save(&entries).await {
+            Ok(learned) => {
+                telemetry::position_write();
+                table.absorb(learned);
+                return;
+            }
+            Err(e) => e.to_string(),
+        },
     };
     table.mark_dirty();
     telemetry::position_write_error();
@@ -231,7 +264,7 @@ mod tests {
             };
             let (stop, stop_rx) = watch::channel(false);
             let store: Arc<dyn Store> = gate.clone();
-            let sync = tokio::spawn(run_with(table.clone(), Some(store), config, stop_rx));
+            let sync = tokio::spawn(run_with(table.clone(), Sink::Blocking(store), config, stop_rx));
             // Stands for a tailer sharing the thread: counts every 5 ms.
             let ticks = Arc::new(AtomicUsize::new(0));
             let ticker = tokio::spawn({

@@ -18,7 +18,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    APIGroupList, APIResource, APIResourceList, APIVersions, ServerAddressByClientCIDR,
+    APIResource, APIResourceList, APIVersions, ServerAddressByClientCIDR,
 };
 use serde_json::{Value, json};
 
@@ -203,6 +203,15 @@ async fn api_v1() -> Response {
                 ..Default::default()
             },
             APIResource {
+                name: "configmaps".into(),
+                singular_name: "configmap".into(),
+                namespaced: true,
+                kind: "ConfigMap".into(),
+                verbs: strings(&["create", "delete", "get", "list", "update", "watch"]),
+                short_names: Some(strings(&["cm"])),
+                ..Default::default()
+            },
+            APIResource {
                 name: "pods/log".into(),
                 singular_name: String::new(),
                 namespaced: true,
@@ -215,7 +224,11 @@ async fn api_v1() -> Response {
 }
 
 async fn apis() -> Response {
-    json_response(&APIGroupList { groups: vec![] })
+    json_response(&json!({
+        "kind": "APIGroupList",
+        "apiVersion": "v1",
+        "groups": [super::coordination::api_group()],
+    }))
 }
 
 async fn list_all_pods(

@@ -9,6 +9,7 @@
 //! - [`logs`]: the `pods/log` request semantics (filters, follow).
 //! - [`selector`]: label and field selectors.
 //! - [`api`]: the HTTP routes.
+//! - [`coordination`]: Leases and ConfigMaps (clustering, the `kubernetes` positions backend).
 //! - [`loki`]: the Loki sink.
 //! - [`scenario`]: the TOML scenario of `kube-log-relay sim --scenario FILE`.
 
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod cluster;
 pub mod connections;
 pub mod container;
+pub mod coordination;
 pub mod logs;
 pub mod loki;
 pub mod oauth;
@@ -101,6 +103,7 @@ struct TlsState {
 
 struct Inner {
     cluster: Arc<Cluster>,
+    objects: Arc<coordination::Objects>,
     sink: loki::LokiSink,
     addr: SocketAddr,
     tls: Option<TlsState>,
@@ -139,7 +142,9 @@ impl Sim {
             connections: Arc::default(),
             auth: auth.clone(),
         };
+        let objects = Arc::new(coordination::Objects::default());
         let router = api::router(cluster.clone())
+            .merge(coordination::router(objects.clone()))
             .merge(sink.router())
             .merge(auth.issuer.router())
             .merge(control.clone().router());
@@ -162,6 +167,7 @@ impl Sim {
         Ok(Sim {
             inner: Arc::new(Inner {
                 cluster,
+                objects,
                 sink,
                 addr: local,
                 tls,
@@ -198,6 +204,30 @@ impl Sim {
     /// The cluster state behind the API.
     pub fn cluster(&self) -> &Arc<Cluster> {
         &self.inner.cluster
+    }
+
+    /// The Leases and ConfigMaps, with the requests served for them.
+    pub fn coordination(&self) -> &Arc<coordination::Objects> {
+        &self.inner.objects
+    }
+
+    /// The Leases of namespace `ns`, by name.
+    pub fn leases(&self, ns: &str) -> Vec<k8s_openapi::api::coordination::v1::Lease> {
+        self.typed(coordination::Kind::Lease, ns)
+    }
+
+    /// The ConfigMaps of namespace `ns`, by name.
+    pub fn config_maps(&self, ns: &str) -> Vec<k8s_openapi::api::core::v1::ConfigMap> {
+        self.typed(coordination::Kind::ConfigMap, ns)
+    }
+
+    fn typed<T: serde::de::DeserializeOwned>(&self, kind: coordination::Kind, ns: &str) -> Vec<T> {
+        let every = selector::LabelSelector::parse("").unwrap_or_default();
+        let (_, items) = self.inner.objects.list(kind, Some(ns), &every);
+        items
+            .iter()
+            .filter_map(|o| serde_json::from_value((**o).clone()).ok())
+            .collect()
     }
 
     /// Creates a pod and starts its containers (running and ready unless they have a start

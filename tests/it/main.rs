@@ -4,6 +4,7 @@
 mod api_pool;
 mod browser;
 mod cli;
+mod cluster;
 mod config_bounds;
 mod config_examples;
 mod kube_keys;

@@ -17,8 +17,41 @@ use crate::support::{
 /// How often the test relays write positions.
 const SYNC_PERIOD: Duration = Duration::from_millis(200);
 
+/// Where a test relay keeps its positions.
+#[derive(Clone, Copy, Debug)]
+enum Store {
+    /// `backend = "file"` in the test's directory.
+    File,
+    /// `backend = "kubernetes"`: ConfigMaps in the simulator's namespace [`NAMESPACE`].
+    Kubernetes,
+}
+
+/// The namespace of the kubernetes backend's ConfigMaps.
+const NAMESPACE: &str = "relay";
+
 /// A relay configuration: the simulator, `receivers`, file positions in `dir`, and `extra`.
 fn config(sim: &Sim, dir: &Path, receivers: &str, extra: &str) -> String {
+    config_with(Store::File, sim, dir, receivers, extra)
+}
+
+/// Like [`config`], with the positions in `store`.
+fn config_with(store: Store, sim: &Sim, dir: &Path, receivers: &str, extra: &str) -> String {
+    if let Store::Kubernetes = store {
+        return format!(
+            r#"{base}{receivers}
+[positions]
+backend = "kubernetes"
+sync_period = "{sync}ms"
+
+[clustering]
+identity = "relay-0"
+namespace = "{NAMESPACE}"
+{extra}
+"#,
+            base = support::base_config(sim),
+            sync = SYNC_PERIOD.as_millis(),
+        );
+    }
     format!(
         r#"{base}{receivers}
 [positions]
@@ -66,7 +99,23 @@ fn duplicates(received: &[String]) -> BTreeMap<String, usize> {
 /// The cursor `(since, skip)` stored for pod `pod`, read from the positions file.
 fn stored_cursor(dir: &Path, pod: &str) -> Option<(i64, u64)> {
     let text = std::fs::read_to_string(dir.join("positions.json")).ok()?;
-    let doc: serde_json::Value = serde_json::from_str(&text).expect("positions file is JSON");
+    cursor_in(&text, pod)
+}
+
+/// The cursor stored for `pod` in `store`.
+fn stored_cursor_in(store: Store, sim: &Sim, dir: &Path, pod: &str) -> Option<(i64, u64)> {
+    match store {
+        Store::File => stored_cursor(dir, pod),
+        Store::Kubernetes => sim
+            .config_maps(NAMESPACE)
+            .iter()
+            .find_map(|cm| cursor_in(cm.data.as_ref()?.get("positions.json")?, pod)),
+    }
+}
+
+/// The cursor of `pod` in a positions document (the file's and the ConfigMaps' share it).
+fn cursor_in(text: &str, pod: &str) -> Option<(i64, u64)> {
+    let doc: serde_json::Value = serde_json::from_str(text).expect("positions are JSON");
     doc["positions"].as_array()?.iter().find_map(|p| {
         (p["pod"] == pod).then(|| (p["since"].as_i64().unwrap(), p["skip"].as_u64().unwrap()))
     })
@@ -91,6 +140,16 @@ async fn wait_all_delivered(sim: &Sim, sink: &LokiSink, pod: &str, total: u64) {
 
 #[actix_rt::test]
 async fn five_graceful_restarts_deliver_every_line_exactly_once() {
+    five_graceful_restarts(Store::File).await;
+}
+
+/// The same with positions in ConfigMaps, as a single replica without a volume runs.
+#[actix_rt::test]
+async fn five_graceful_restarts_with_positions_in_config_maps() {
+    five_graceful_restarts(Store::Kubernetes).await;
+}
+
+async fn five_graceful_restarts(store: Store) {
     const TOTAL: u64 = 2_000;
     let sim = support::sim().await;
     let sink = support::sink().await;
@@ -109,7 +168,13 @@ async fn five_graceful_restarts_deliver_every_line_exactly_once() {
                     .stderr_every(7, Duration::from_millis(300)),
             ),
     );
-    let text = config(&sim, dir.path(), &support::loki_table("a", &sink, ""), "");
+    let text = config_with(
+        store,
+        &sim,
+        dir.path(),
+        &support::loki_table("a", &sink, ""),
+        "",
+    );
 
     for round in 0..5 {
         let mut relay = RelayProcess::start(dir.path(), &text, round);
@@ -150,7 +215,7 @@ async fn five_graceful_restarts_deliver_every_line_exactly_once() {
         );
         assert_exactly_once(pod, &written, &received);
         assert!(
-            stored_cursor(dir.path(), pod).is_some(),
+            stored_cursor_in(store, &sim, dir.path(), pod).is_some(),
             "{pod} has a stored position"
         );
     }
@@ -158,13 +223,29 @@ async fn five_graceful_restarts_deliver_every_line_exactly_once() {
 
 #[actix_rt::test]
 async fn after_a_crash_only_unsaved_acknowledged_lines_come_again() {
+    crash_repeats_only_unsaved_lines(Store::File).await;
+}
+
+/// The same with positions in ConfigMaps.
+#[actix_rt::test]
+async fn after_a_crash_with_positions_in_config_maps_only_unsaved_lines_come_again() {
+    crash_repeats_only_unsaved_lines(Store::Kubernetes).await;
+}
+
+async fn crash_repeats_only_unsaved_lines(store: Store) {
     const TOTAL: u64 = 1_500;
     let sim = support::sim().await;
     let sink = support::sink().await;
     let dir = tempfile::tempdir().unwrap();
     let pod = "crashy";
     sim.add_pod(steady(pod, 100.0, TOTAL));
-    let text = config(&sim, dir.path(), &support::loki_table("a", &sink, ""), "");
+    let text = config_with(
+        store,
+        &sim,
+        dir.path(),
+        &support::loki_table("a", &sink, ""),
+        "",
+    );
 
     let mut relay = RelayProcess::start(dir.path(), &text, 0);
     eventually("the first run delivers 300 lines", || {
@@ -179,7 +260,7 @@ async fn after_a_crash_only_unsaved_acknowledged_lines_come_again() {
         .into_iter()
         .filter(|e| e.labels.get("pod").map(String::as_str) == Some(pod))
         .collect();
-    let committed = stored_cursor(dir.path(), pod);
+    let committed = stored_cursor_in(store, &sim, dir.path(), pod);
 
     let relay = RelayProcess::start(dir.path(), &text, 1);
     wait_all_delivered(&sim, &sink, pod, TOTAL).await;

@@ -32,11 +32,6 @@ pub(super) fn positions(c: &mut Checker, raw: Option<&RawPositions>) -> Position
             }
         },
         Some("kubernetes") => {
-            // Refused here rather than at start, so that `check` tells the truth.
-            c.error(
-                "positions.backend",
-                r#""kubernetes" is not supported by this version yet (it comes with clustering); use backend = "file" with a persistent volume"#,
-            );
             if raw.path.is_some() {
                 c.error(
                     "positions.path",

@@ -1,0 +1,224 @@
+//! This replica's Lease and the member list (SPEC §7).
+//!
+//! Every `renew_interval` the replica renews its own `coordination.k8s.io/v1` Lease (creating it
+//! when missing, taking over one left by an earlier run of the same identity) and lists the
+//! Leases labelled as relay members: the members are the holders of the unexpired ones. A
+//! replica whose own renewal has not succeeded for `lease_duration` considers itself out of the
+//! cluster (the others do too) and tails nothing. On stop it deletes its Lease, so the others
+//! take over at their next list rather than after the Lease expires.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use tokio::sync::watch;
+
+use super::handover::View;
+use super::identity::{Identity, NAME_LABEL};
+use crate::config::ClusteringConfig;
+use crate::telemetry;
+
+/// The label that says a Lease is a relay member's.
+pub const MEMBER_LABEL: (&str, &str) = ("app.kubernetes.io/component", "cluster-member");
+
+/// The name of a replica's Lease.
+pub fn lease_name(identity: &str) -> String {
+    format!("kube-log-relay-{identity}")
+}
+
+/// The members among `leases` at `now`: holders whose last renewal is younger than the Lease's
+/// duration.
+pub fn members(leases: &[Lease], now: Timestamp) -> BTreeSet<String> {
+    leases
+        .iter()
+        .filter_map(|l| {
+            let spec = l.spec.as_ref()?;
+            let holder = spec.holder_identity.clone()?;
+            let renewed = spec.renew_time.as_ref()?.0;
+            let duration = jiff::SignedDuration::from_secs(spec.lease_duration_seconds?.into());
+            (now.duration_since(renewed) < duration).then_some(holder)
+        })
+        .collect()
+}
+
+struct Keeper {
+    api: Api<Lease>,
+    identity: Identity,
+    config: ClusteringConfig,
+    /// Our Lease as last written.
+    lease: Option<Lease>,
+    last_renewed: Option<Instant>,
+}
+
+impl Keeper {
+    fn desired(&self, now: Timestamp) -> Lease {
+        let mut lease = self.lease.clone().unwrap_or_else(|| Lease {
+            metadata: ObjectMeta {
+                name: Some(lease_name(&self.identity.name)),
+                labels: Some(
+                    [
+                        (NAME_LABEL.0.to_string(), NAME_LABEL.1.to_string()),
+                        (MEMBER_LABEL.0.to_string(), MEMBER_LABEL.1.to_string()),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                acquire_time: Some(MicroTime(now)),
+                ..Default::default()
+            }),
+        });
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        spec.holder_identity = Some(self.identity.name.clone());
+        spec.lease_duration_seconds =
+            Some(self.config.lease_duration.as_secs_f64().ceil().max(1.0) as i32);
+        spec.renew_time = Some(MicroTime(now));
+        lease
+    }
+
+    /// Creates or renews our Lease.
+    async fn renew(&mut self) -> Result<(), kube::Error> {
+        let pp = PostParams::default();
+        let name = lease_name(&self.identity.name);
+        let now = Timestamp::now();
+        let written = match &self.lease {
+            Some(_) => self.api.replace(&name, &pp, &self.desired(now)).await,
+            None => self.api.create(&pp, &self.desired(now)).await,
+        };
+        let written = match written {
+            Ok(l) => l,
+            // Gone (deleted by someone), or changed under us, or left by an earlier run of
+            // this identity: start from what is there now.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                self.lease = self.api.get_opt(&name).await?;
+                match &self.lease {
+                    Some(_) => self.api.replace(&name, &pp, &self.desired(now)).await?,
+                    None => self.api.create(&pp, &self.desired(now)).await?,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        self.lease = Some(written);
+        self.last_renewed = Some(Instant::now());
+        Ok(())
+    }
+
+    fn have_lease(&self) -> bool {
+        self.last_renewed
+            .is_some_and(|at| at.elapsed() < self.config.lease_duration)
+    }
+
+    async fn view(&self) -> Result<View, kube::Error> {
+        let selector = format!(
+            "{}={},{}={}",
+            NAME_LABEL.0, NAME_LABEL.1, MEMBER_LABEL.0, MEMBER_LABEL.1
+        );
+        let leases = self
+            .api
+            .list(&ListParams::default().labels(&selector))
+            .await?;
+        let mut members = members(&leases.items, Timestamp::now());
+        let have_lease = self.have_lease();
+        if have_lease {
+            members.insert(self.identity.name.clone());
+        } else {
+            members.remove(&self.identity.name);
+        }
+        Ok(View {
+            me: self.identity.name.clone(),
+            members,
+            have_lease,
+        })
+    }
+}
+
+/// Keeps this replica's Lease and publishes the [`View`] until `stop` turns true; then deletes
+/// the Lease.
+pub async fn run(
+    client: kube::Client,
+    identity: Identity,
+    config: ClusteringConfig,
+    view: watch::Sender<View>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut keeper = Keeper {
+        api: Api::namespaced(client, &identity.namespace),
+        identity,
+        config,
+        lease: None,
+        last_renewed: None,
+    };
+    let mut tick = tokio::time::interval(keeper.config.renew_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        if let Err(e) = keeper.renew().await {
+            telemetry::cluster_lease_error();
+            tracing::warn!(lease = %lease_name(&keeper.identity.name), namespace = %keeper.identity.namespace, error = %e, "cannot renew the Lease; retrying at the next renewal");
+        }
+        match keeper.view().await {
+            Ok(v) => {
+                telemetry::cluster_members(v.members.len());
+                view.send_if_modified(|old| {
+                    let changed = *old != v;
+                    if changed {
+                        tracing::info!(members = ?v.members, have_lease = v.have_lease, "cluster membership changed");
+                        *old = v;
+                    }
+                    changed
+                });
+            }
+            Err(e) => {
+                telemetry::cluster_lease_error();
+                tracing::warn!(error = %e, "cannot list the relay's Leases; retrying at the next renewal");
+                if !keeper.have_lease() {
+                    view.send_if_modified(|old| std::mem::replace(&mut old.have_lease, false));
+                }
+            }
+        }
+    }
+    let name = lease_name(&keeper.identity.name);
+    match keeper.api.delete(&name, &DeleteParams::default()).await {
+        Ok(_) => tracing::info!(lease = %name, "Lease deleted: the other replicas take over"),
+        Err(e) => {
+            tracing::warn!(lease = %name, error = %e, "cannot delete the Lease; it expires after lease_duration")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holder: &str, renewed: Timestamp, seconds: i32) -> Lease {
+        Lease {
+            metadata: Default::default(),
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.into()),
+                renew_time: Some(MicroTime(renewed)),
+                lease_duration_seconds: Some(seconds),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn members_are_the_unexpired_leases() {
+        let now = Timestamp::from_second(1_000).unwrap();
+        let ago = |s| now - jiff::SignedDuration::from_secs(s);
+        let leases = [
+            lease("fresh", ago(1), 15),
+            lease("edge", ago(15), 15),
+            lease("expired", ago(20), 15),
+            Lease::default(),
+        ];
+        assert_eq!(members(&leases, now), BTreeSet::from(["fresh".to_string()]));
+    }
+}
