@@ -33,7 +33,11 @@ fn examples() -> Vec<(String, String)> {
         examples.push((format!("README.md toml block {}", index + 1), text));
     }
     for path in files_under(&std::path::Path::new(ROOT).join("deploy")) {
-        let name = path.strip_prefix(ROOT).unwrap_or(&path).display().to_string();
+        let name = path
+            .strip_prefix(ROOT)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
         if path.file_name().is_some_and(|n| n == "config.toml") {
             examples.push((name, std::fs::read_to_string(&path).unwrap()));
         } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {

@@ -6,6 +6,7 @@ mod browser;
 mod cli;
 mod config_bounds;
 mod config_examples;
+mod deploy;
 mod lifecycle;
 mod pipeline;
 mod positions;
