@@ -3,10 +3,12 @@
 //!
 //! The examples: `config.toml`, every ```` ```toml ```` block of `README.md` (a block that
 //! shows one table without a receiver is checked with `[stdout]` added: it is a fragment of a
-//! configuration, and the fragment is what must be right) and every `config.toml` held by a
-//! ConfigMap in `deploy/`. Each is checked as written, then started by the real binary with
-//! only its addresses moved to the test's simulator, sink, a temporary positions file and an
-//! ephemeral HTTP port; it must become ready and exit 0 on SIGTERM.
+//! configuration, and the fragment is what must be right), every `config.toml` under `deploy/`
+//! (the files the kustomize overlays turn into ConfigMaps) and every `config.toml` held by a
+//! ConfigMap written out in a YAML file there. Each is checked as written (with `LOKI_URL` set,
+//! as the Deployment sets it), then started by the real binary with only its addresses moved
+//! to the test's simulator, sink, a temporary positions file and an ephemeral HTTP port; it
+//! must become ready and exit 0 on SIGTERM.
 
 use std::process::Command;
 
@@ -30,18 +32,40 @@ fn examples() -> Vec<(String, String)> {
         };
         examples.push((format!("README.md toml block {}", index + 1), text));
     }
-    let deploy = std::fs::read_dir(format!("{ROOT}/deploy")).unwrap();
-    for entry in deploy {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+    for path in files_under(&std::path::Path::new(ROOT).join("deploy")) {
+        let name = path
+            .strip_prefix(ROOT)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        if path.file_name().is_some_and(|n| n == "config.toml") {
+            examples.push((name, std::fs::read_to_string(&path).unwrap()));
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
             let yaml = std::fs::read_to_string(&path).unwrap();
             for (index, text) in configmap_files(&yaml).into_iter().enumerate() {
-                let name = path.strip_prefix(ROOT).unwrap_or(&path).display();
                 examples.push((format!("{name} ConfigMap config.toml {}", index + 1), text));
             }
         }
     }
     examples
+}
+
+/// Every file under `dir`, recursively, in a stable order.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 /// The bodies of the ```` ```lang ```` blocks of a Markdown text.
@@ -130,11 +154,20 @@ fn against(example: &str, api: &str, loki: &str, dir: &std::path::Path) -> Strin
     toml::to_string(&table).expect("TOML serializes")
 }
 
+/// The environment the Deployment in deploy/kubernetes gives the container.
+const DEPLOYMENT_ENV: &[(&str, &str)] = &[
+    ("LOKI_URL", "http://loki.example.com/loki/api/v1/push"),
+    ("POD_NAME", "kube-log-relay-0"),
+    ("POD_NAMESPACE", "kube-log-relay"),
+];
+
 /// `kube-log-relay check --config FILE`: the exit code and stderr.
 fn check(path: &std::path::Path) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_kube-log-relay"))
         .args(["check", "--config"])
         .arg(path)
+        // What the Deployment in deploy/kubernetes sets; examples that use it require it.
+        .envs(DEPLOYMENT_ENV.iter().copied())
         .output()
         .expect("run check");
     (
@@ -160,12 +193,10 @@ fn the_examples_are_found() {
         names.iter().any(|n| n.starts_with("README.md")),
         "{names:?}"
     );
-    assert!(
-        names
-            .iter()
-            .any(|n| n.starts_with("deploy/kube-log-relay.yaml")),
-        "{names:?}"
-    );
+    for overlay in ["single", "clustered"] {
+        let file = format!("deploy/kubernetes/{overlay}/config.toml");
+        assert!(names.contains(&file), "{file} not in {names:?}");
+    }
 }
 
 #[tokio::test]
@@ -184,7 +215,7 @@ async fn every_example_configuration_passes_check_and_starts() {
         );
 
         let runnable = against(&text, &sim.url(), &sink.url(), dir.path());
-        let mut relay = RelayProcess::start(dir.path(), &runnable, index);
+        let mut relay = RelayProcess::start_with_env(dir.path(), &runnable, index, DEPLOYMENT_ENV);
         eventually(&format!("{name}: the relay started"), || {
             relay.alive() && listen_address(&relay.log()).is_some()
         })

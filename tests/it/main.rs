@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod config_bounds;
 mod config_examples;
+mod deploy;
 mod kube_keys;
 mod lifecycle;
 mod pipeline;
