@@ -223,7 +223,7 @@ impl Cluster {
         state.next_ip += 1;
         let ip = format!("10.244.{}.{}", state.next_ip / 250, state.next_ip % 250 + 1);
         let pod = PodState {
-            uid: random_uid(),
+            uid: spec.uid.clone().unwrap_or_else(random_uid),
             owner_uid: random_uid(),
             created: now,
             ip,

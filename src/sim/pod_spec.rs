@@ -72,6 +72,8 @@ pub struct PodSpec {
     pub init_containers: Vec<ContainerSpec>,
     /// Regular containers.
     pub containers: Vec<ContainerSpec>,
+    /// The pod's UID; random (as the API server makes it) when `None`.
+    pub uid: Option<String>,
 }
 
 impl Default for PodSpec {
@@ -87,6 +89,7 @@ impl Default for PodSpec {
             start_delay: Duration::ZERO,
             init_containers: Vec::new(),
             containers: Vec::new(),
+            uid: None,
         }
     }
 }
@@ -108,6 +111,12 @@ impl PodSpec {
     /// Adds an annotation.
     pub fn annotation(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.annotations.insert(key.into(), value.into());
+        self
+    }
+    /// Sets the UID (tests that need the same shard keys in every run; the API server's are
+    /// random).
+    pub fn uid(mut self, uid: impl Into<String>) -> Self {
+        self.uid = Some(uid.into());
         self
     }
     /// Sets the restart policy.

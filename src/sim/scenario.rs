@@ -303,6 +303,7 @@ impl Scenario {
                         .map(ContainerSection::to_spec)
                         .collect(),
                     containers: p.containers.iter().map(ContainerSection::to_spec).collect(),
+                    uid: None,
                 });
             }
         }
