@@ -215,6 +215,7 @@ impl Relay {
                 metrics,
                 live: live.clone(),
                 reload: Some(controller.clone().recipient()),
+                cluster: config.clustering.enabled.then(|| cluster_status.clone()),
             },
         );
         tracing::info!(listen = %http, receivers = config.loki.len() + usize::from(config.stdout.is_some()), "relay started");

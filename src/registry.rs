@@ -321,6 +321,9 @@ pub struct TargetView {
     pub state: String,
     pub reason: Option<String>,
     pub status: Option<TailerSnapshot>,
+    /// The replica that owns it (set by the server when clustered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// Server → registry: the current targets, rejected ones included.
@@ -353,6 +356,7 @@ impl Handler<GetTargets> for Registry {
                     state: status.state.as_str().to_string(),
                     reason: None,
                     status: Some(status),
+                    owner: None,
                 }
             })
             .collect();
@@ -364,6 +368,7 @@ impl Handler<GetTargets> for Registry {
             state: "rejected".into(),
             reason: Some(r.reason.clone()),
             status: None,
+            owner: None,
         }));
         Targets {
             synced: self.synced,

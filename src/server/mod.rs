@@ -31,7 +31,9 @@ use axum::routing::get;
 use futures::future::join_all;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::cluster::coordinator::{ClusterStatus, StatusHandle};
 use crate::kube::Pool;
+use crate::target::TargetId;
 use crate::telemetry;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -57,6 +59,63 @@ pub struct ServerState {
     pub live: Live,
     /// Where `POST /-/reload` goes; `None` refuses reloads.
     pub reload: Option<actix::Recipient<crate::reload::Reload>>,
+    /// What this replica knows of its cluster; `None` without clustering.
+    pub cluster: Option<StatusHandle>,
+}
+
+/// The cluster as `/api/v1/targets` and the status page show it (SPEC §7).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ClusterView {
+    pub identity: String,
+    pub namespace: String,
+    /// Whether this replica's own Lease exists (it tails nothing without one).
+    pub have_lease: bool,
+    pub members: Vec<String>,
+    /// Targets this replica holds (tails), and owns but waits for another to release.
+    pub held: usize,
+    pub waiting: usize,
+    /// Every discovered target's owner, counted by member.
+    pub targets_by_owner: std::collections::BTreeMap<String, usize>,
+}
+
+impl ClusterView {
+    fn of(status: &ClusterStatus) -> ClusterView {
+        let mut targets_by_owner = std::collections::BTreeMap::new();
+        for owner in status.owners.values() {
+            *targets_by_owner.entry(owner.clone()).or_default() += 1;
+        }
+        ClusterView {
+            identity: status.identity.clone(),
+            namespace: status.namespace.clone(),
+            have_lease: status.have_lease,
+            members: status.members.iter().cloned().collect(),
+            held: status.held,
+            waiting: status.waiting,
+            targets_by_owner,
+        }
+    }
+}
+
+/// The cluster status now, and every target's owner.
+fn cluster_now(
+    state: &ServerState,
+) -> Option<(ClusterView, std::collections::BTreeMap<TargetId, String>)> {
+    let status = state
+        .cluster
+        .as_ref()?
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Some((ClusterView::of(&status), status.owners))
+}
+
+/// `/api/v1/targets`: the registry's targets, each with its owner when clustered.
+#[derive(Serialize)]
+struct TargetsView {
+    synced: bool,
+    targets: Vec<TargetView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterView>,
 }
 
 /// The configuration in force and the receivers built from it, shared with whoever reloads.
@@ -310,7 +369,18 @@ async fn targets(State(state): State<ServerState>, Query(filter): Query<TargetFi
         return registry_stopped();
     };
     t.targets.retain(|v| filter.matches(v));
-    axum::Json(t).into_response()
+    let cluster = cluster_now(&state).map(|(view, owners)| {
+        for target in &mut t.targets {
+            target.owner = target.id.as_ref().and_then(|id| owners.get(id).cloned());
+        }
+        view
+    });
+    axum::Json(TargetsView {
+        synced: t.synced,
+        targets: t.targets,
+        cluster,
+    })
+    .into_response()
 }
 
 /// One receiver as `/api/v1/receivers` shows it.
@@ -360,6 +430,7 @@ async fn status_page(
         filter: &filter.normalized(),
         receivers: &receivers,
         clustering: &running.config.clustering,
+        cluster: cluster_now(&state).map(|(view, _)| view).as_ref(),
         connections: &running.pool.as_ref().map(Pool::stats).unwrap_or_default(),
         now: jiff::Timestamp::now(),
     }))

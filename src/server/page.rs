@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use jiff::Timestamp;
 
-use super::{ReceiverView, TargetFilter, namespace_of};
+use super::{ClusterView, ReceiverView, TargetFilter, namespace_of};
 use crate::config::ClusteringConfig;
 use crate::kube::pool::ConnectionStats;
 use crate::registry::TargetView;
@@ -33,6 +33,8 @@ pub struct PageData<'a> {
     pub filter: &'a TargetFilter,
     pub receivers: &'a [ReceiverView],
     pub clustering: &'a ClusteringConfig,
+    /// What this replica knows of its cluster, when clustering is on.
+    pub cluster: Option<&'a ClusterView>,
     /// The Kubernetes client's pooled connections (SPEC §4.1).
     pub connections: &'a [ConnectionStats],
     /// The time "ago" values are measured from.
@@ -212,29 +214,45 @@ fn connections(out: &mut String, data: &PageData<'_>) {
 }
 
 fn cluster(out: &mut String, data: &PageData<'_>) {
-    out.push_str("<section id=\"cluster\"><h2>Cluster</h2><p>");
-    if data.clustering.enabled {
-        let _ = write!(
-            out,
-            "Clustering is configured (identity <code>{}</code>, Leases in namespace <code>{}</code>) \
-             but not active in this version: this replica tails every target.",
-            escape(
-                data.clustering
-                    .identity
-                    .as_deref()
-                    .unwrap_or("POD_NAME or hostname")
-            ),
-            escape(
-                data.clustering
-                    .namespace
-                    .as_deref()
-                    .unwrap_or("the pod's namespace")
-            ),
-        );
-    } else {
-        out.push_str("Clustering disabled: this replica tails every target.");
+    out.push_str("<section id=\"cluster\"><h2>Cluster</h2>");
+    match (data.clustering.enabled, data.cluster) {
+        (true, Some(c)) => {
+            let lease = if c.have_lease {
+                "<span class=\"badge ok\">lease held</span>"
+            } else {
+                "<span class=\"badge waiting\">no lease yet: tailing nothing</span>"
+            };
+            let _ = writeln!(
+                out,
+                "<p>This replica: <code>{}</code> {lease}, Leases in namespace <code>{}</code>; \
+                 it tails {} targets and waits for {} to be released.</p>",
+                escape(&c.identity),
+                escape(&c.namespace),
+                c.held,
+                c.waiting
+            );
+            out.push_str(
+                "<table id=\"members-table\"><thead><tr><th>member</th><th>owned targets</th>\
+                 </tr></thead><tbody>\n",
+            );
+            for m in &c.members {
+                let owned = c.targets_by_owner.get(m).copied().unwrap_or(0);
+                let me = if *m == c.identity {
+                    " (this replica)"
+                } else {
+                    ""
+                };
+                let _ = writeln!(
+                    out,
+                    "<tr><td><code>{}</code>{me}</td><td class=\"n\">{owned}</td></tr>",
+                    escape(m)
+                );
+            }
+            out.push_str("</tbody></table>");
+        }
+        _ => out.push_str("<p>Clustering disabled: this replica tails every target.</p>"),
     }
-    out.push_str("</p></section>\n");
+    out.push_str("</section>\n");
 }
 
 fn select(out: &mut String, name: &str, label: &str, options: &[&str], chosen: Option<&str>) {
@@ -434,6 +452,7 @@ mod tests {
                 last_error: Some("status 500: \"boom\" & <b>".into()),
                 ..TailerSnapshot::default()
             }),
+            owner: None,
         }
     }
 
@@ -453,6 +472,7 @@ mod tests {
             state: "rejected".into(),
             reason: Some("label \"__pod_uid__\" is missing".into()),
             status: None,
+            owner: None,
         }
     }
 
@@ -487,6 +507,7 @@ mod tests {
             filter,
             receivers: &receivers,
             clustering: &ClusteringConfig::default(),
+            cluster: None,
             connections: &[
                 ConnectionStats {
                     id: 1,

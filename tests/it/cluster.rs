@@ -239,6 +239,39 @@ async fn three_replicas_share_sixty_containers_and_deliver_every_line_once() {
         shares.iter().all(|n| (10..=30).contains(n)),
         "each replica owns about a third of the targets: {shares:?}"
     );
+    // Each replica's /api/v1/targets names itself as the owner of what it tails, and its
+    // status page lists the members with their shares.
+    for (id, relay) in ["relay-0", "relay-1", "relay-2"]
+        .iter()
+        .zip(replicas.iter_mut())
+    {
+        let addr = relay.http_addr().await;
+        let (status, body) = support::http_get(addr, "/api/v1/targets").await;
+        assert_eq!(status, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let cluster = &json["cluster"];
+        assert_eq!(cluster["identity"], *id, "{cluster}");
+        assert_eq!(
+            cluster["members"].as_array().map(Vec::len),
+            Some(3),
+            "{cluster}"
+        );
+        let owned: u64 = cluster["targets_by_owner"]
+            .as_object()
+            .expect("counts")
+            .values()
+            .filter_map(serde_json::Value::as_u64)
+            .sum();
+        assert_eq!(owned, 60, "{cluster}");
+        for t in json["targets"].as_array().expect("targets") {
+            assert_eq!(t["owner"], *id, "{t}");
+        }
+        let page = support::http_get(addr, "/").await.1;
+        assert!(
+            page.contains("members-table") && page.contains(id),
+            "{page}"
+        );
+    }
     wait_all_delivered(&sim, &sink, &pods, TOTAL).await;
     let rate = requests_per_second(&sim, 3, started);
     for r in replicas {
