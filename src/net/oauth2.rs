@@ -6,8 +6,9 @@
 //!
 //! One [`TokenSource`] per client (`[kubernetes]`, each `[loki.<name>]`), shared by all of that
 //! client's requests:
-//! - the token is cached until shortly before it expires ([`refresh_after`]: `expires_in` minus
-//!   10 %, at most 10 s early), so a request never leaves with a token about to expire;
+//! - the token is cached until shortly before it expires ([`refresh_after`]: 10 % of
+//!   `expires_in` early, from 1 s to 10 s), so a request never leaves with a token about to
+//!   expire;
 //! - one fetch at a time: requests that find no usable token wait for the fetch in progress
 //!   (single flight) instead of each asking the endpoint;
 //! - a failed fetch is logged with the setting to check, counted
@@ -52,7 +53,9 @@ use super::tls::TlsError;
 pub const MIN_BACKOFF: Duration = Duration::from_millis(500);
 /// … up to this.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How much earlier than its expiry a token is refreshed, at most.
+/// How much earlier than its expiry a token is refreshed: 10 % of its life, within these bounds
+/// (and at most half of it).
+const MIN_REFRESH_MARGIN: Duration = Duration::from_secs(1);
 const MAX_REFRESH_MARGIN: Duration = Duration::from_secs(10);
 /// How long one token request (connect, send, read the answer) may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,9 +64,14 @@ const MAX_ANSWER: usize = 64 * 1024;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// When a token that lives `expires_in` is refreshed: 10 % early, at most 10 s early.
+/// When a token that lives `expires_in` is refreshed: 10 % early, but at least 1 s (a request
+/// can take that long to reach the server on a busy node) and at most 10 s (Go's
+/// `expiryDelta`), and never more than half its life early.
 pub fn refresh_after(expires_in: Duration) -> Duration {
-    expires_in - (expires_in / 10).min(MAX_REFRESH_MARGIN)
+    let margin = (expires_in / 10)
+        .clamp(MIN_REFRESH_MARGIN, MAX_REFRESH_MARGIN)
+        .min(expires_in / 2);
+    expires_in - margin
 }
 
 /// The wait after the `failures`-th failed fetch in a row (1, 2, …): [`MIN_BACKOFF`] doubling
@@ -610,7 +618,9 @@ mod tests {
             (S(3600), S(3590)),
             (S(100), S(90)),
             (S(60), S(54)),
-            (S(2), Duration::from_millis(1800)),
+            (S(5), S(4)),
+            (S(2), S(1)),
+            (S(1), Duration::from_millis(500)),
         ];
         for (expires_in, want) in refresh {
             assert_eq!(refresh_after(expires_in), want, "{expires_in:?}");

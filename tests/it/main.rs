@@ -7,6 +7,7 @@ mod cli;
 mod config_bounds;
 mod config_examples;
 mod lifecycle;
+mod oauth2;
 mod pipeline;
 mod positions;
 mod receivers;
