@@ -25,7 +25,8 @@
 //! Leaves that everyone may use and that use nothing of ours above them: [`config`] (TOML,
 //! validated in one pass), [`telemetry`] (every metric, declared once), [`cursor`] (the
 //! exactly-once data shared by `tail` and `positions`), [`target`] and [`chunk`] (the data that
-//! flows). Around the flow: [`kube`] (the API client) and [`sim`] (the Kubernetes and Loki
+//! flows). Around the flow: [`kube`] (the API client), [`net`] (proxies, TLS and OAuth2 tokens
+//! shared by the API client and the receivers) and [`sim`] (the Kubernetes and Loki
 //! look-alike that tests, benchmarks and the demo run against). On top, the wiring: [`app`]
 //! builds the actor system and shuts it down in order, [`reload`] says what a new configuration
 //! changes, and [`server`] renders metrics and status pages (it never counts).

@@ -611,3 +611,20 @@ pub fn declare_tailer_panics() {
 pub fn tailer_panicked() {
     counter!("kube_log_relay_tailer_panics_total").increment(1);
 }
+
+/// An OAuth2 client was built (`client` = `kubernetes` or `loki.<name>`): its error series is
+/// exported from 0.
+pub fn register_oauth2_client(client: &str) {
+    describe_counter!(
+        "kube_log_relay_oauth2_token_errors_total",
+        "Failed OAuth2 token requests, by client (kubernetes or loki.<name>)."
+    );
+    counter!("kube_log_relay_oauth2_token_errors_total", "client" => client.to_string())
+        .increment(0);
+}
+
+/// An OAuth2 token request failed (refused, unreachable, unreadable answer or secret file).
+pub fn oauth2_token_error(client: &str) {
+    counter!("kube_log_relay_oauth2_token_errors_total", "client" => client.to_string())
+        .increment(1);
+}

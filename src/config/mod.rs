@@ -509,7 +509,7 @@ mod tests {
                 "kubernetes.authorization: one of credentials, credentials_file is required",
                 "loki.a.authorization: credentials and credentials_file are mutually exclusive",
                 "loki.b.basic_auth.username: missing (required)",
-                "loki.c.oauth2: oauth2 is not supported yet: use bearer_token_file (for example a token refreshed by a sidecar), authorization or basic_auth",
+                "loki.c.oauth2: one of client_secret, client_secret_file is required",
             ]
         );
         let config = ok("[stdout]\n[kubernetes.authorization]\ncredentials_file = \"/t\"\n");

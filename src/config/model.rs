@@ -90,6 +90,76 @@ pub enum Auth {
         username: String,
         password: Credential,
     },
+    /// `oauth2`: a token from the client-credentials grant, cached until shortly before it
+    /// expires (`crate::net::oauth2`).
+    OAuth2(Box<OAuth2Config>),
+}
+
+/// `oauth2` of a client: the client-credentials grant against `token_url`, with its own TLS and
+/// proxy settings for the token endpoint (SPEC §4.1).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OAuth2Config {
+    pub client_id: String,
+    /// `client_secret` or `client_secret_file` (re-read when it changes).
+    pub client_secret: Credential,
+    pub token_url: String,
+    /// Sent space-joined as `scope`; empty = no `scope` parameter.
+    pub scopes: Vec<String>,
+    /// Extra form parameters of the token request (`audience`, `resource`, …).
+    pub endpoint_params: BTreeMap<String, String>,
+    /// `tls_config` towards the token endpoint.
+    pub tls: TlsConfig,
+    /// Proxy options towards the token endpoint.
+    pub proxy: ProxyConfig,
+}
+
+/// As in the TOML file: `client_secret` or `client_secret_file`, the proxy keys flattened.
+impl Serialize for OAuth2Config {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Table<'a> {
+            client_id: &'a str,
+            #[serde(flatten)]
+            client_secret: CredentialKeys<'a>,
+            #[serde(serialize_with = "redact::url")]
+            token_url: &'a str,
+            scopes: &'a [String],
+            endpoint_params: &'a BTreeMap<String, String>,
+            tls_config: &'a TlsConfig,
+            #[serde(flatten)]
+            proxy: &'a ProxyConfig,
+        }
+        Table {
+            client_id: &self.client_id,
+            client_secret: CredentialKeys {
+                credential: &self.client_secret,
+                keys: ("client_secret", "client_secret_file"),
+            },
+            token_url: &self.token_url,
+            scopes: &self.scopes,
+            endpoint_params: &self.endpoint_params,
+            tls_config: &self.tls,
+            proxy: &self.proxy,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// `<inline key> | <file key>` of a [`Credential`], as one entry of a map.
+struct CredentialKeys<'a> {
+    credential: &'a Credential,
+    keys: (&'static str, &'static str),
+}
+
+impl Serialize for CredentialKeys<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(1))?;
+        match self.credential {
+            Credential::Inline(secret) => map.serialize_entry(self.keys.0, secret)?,
+            Credential::File(path) => map.serialize_entry(self.keys.1, path)?,
+        }
+        map.end()
+    }
 }
 
 /// A credential given inline or in a file.
@@ -100,7 +170,7 @@ pub enum Credential {
 }
 
 /// The keys of the TOML file: `bearer_token`, `bearer_token_file`, `authorization`,
-/// `basic_auth` (none without authentication); flattened into the client's table.
+/// `basic_auth`, `oauth2` (none without authentication); flattened into the client's table.
 impl Serialize for Auth {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
@@ -124,6 +194,7 @@ impl Serialize for Auth {
                     keys: ("password", "password_file"),
                 },
             )?,
+            Auth::OAuth2(oauth2) => map.serialize_entry("oauth2", oauth2)?,
         }
         map.end()
     }

@@ -329,8 +329,7 @@ pub struct RawBasicAuth {
     pub password_file: Option<String>,
 }
 
-/// `oauth2` of a client: accepted with the reference's keys so the file is checked, then
-/// refused by validation (not supported yet).
+/// `oauth2` of a client: the client-credentials grant, with the reference's keys.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawOAuth2 {

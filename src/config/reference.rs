@@ -22,9 +22,13 @@ use super::model::*;
 const USER_KEYED: &[&str] = &[
     "kubernetes.http_headers",
     "kubernetes.proxy_connect_header",
+    "kubernetes.oauth2.proxy_connect_header",
+    "kubernetes.oauth2.endpoint_params",
     "loki.*.headers",
     "loki.*.external_labels",
     "loki.*.proxy_connect_header",
+    "loki.*.oauth2.proxy_connect_header",
+    "loki.*.oauth2.endpoint_params",
     "targets.labels",
 ];
 
@@ -96,8 +100,22 @@ fn walk(value: &Value, path: &str, keys: &mut BTreeSet<String>) {
 fn every_auth() -> Vec<Auth> {
     let secret = || Secret("s".into());
     let file = || PathBuf::from("/f");
+    let oauth2 = |client_secret: Credential, tls: TlsConfig| {
+        Auth::OAuth2(Box::new(OAuth2Config {
+            client_id: "c".into(),
+            client_secret,
+            token_url: "https://idp/token".into(),
+            scopes: vec!["s".into()],
+            endpoint_params: [("audience".to_owned(), "a".to_owned())].into(),
+            tls,
+            proxy: ProxyConfig::default(),
+        }))
+    };
+    let [inline_tls, file_tls] = every_tls().try_into().expect("two TLS shapes");
     let all = vec![
         Auth::None,
+        oauth2(Credential::Inline(secret()), inline_tls),
+        oauth2(Credential::File(file()), file_tls),
         Auth::BearerToken(secret()),
         Auth::BearerTokenFile(file()),
         Auth::Authorization {
@@ -123,7 +141,8 @@ fn every_auth() -> Vec<Auth> {
             | Auth::BearerToken(_)
             | Auth::BearerTokenFile(_)
             | Auth::Authorization { .. }
-            | Auth::Basic { .. } => {}
+            | Auth::Basic { .. }
+            | Auth::OAuth2(_) => {}
         }
     }
     all

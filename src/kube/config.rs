@@ -104,7 +104,9 @@ fn apply_auth(config: &mut ::kube::Config, auth: &Auth) -> Result<(), KubeClient
     info.exec = None;
     info.auth_provider = None;
     match auth {
-        Auth::None | Auth::BearerTokenFile(_) => {}
+        // File credentials and OAuth2 tokens are set per request (`super::FileCredential`,
+        // `crate::net::oauth2`).
+        Auth::None | Auth::BearerTokenFile(_) | Auth::OAuth2(_) => {}
         Auth::BearerToken(token) => info.token = Some(token.expose().to_owned().into()),
         Auth::Authorization {
             kind,

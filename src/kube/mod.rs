@@ -9,13 +9,16 @@
 //! token file ending in a newline (`echo $TOKEN > file`) breaks every request, where client-go
 //! and the reference trim it.
 //!
+//! With `oauth2`, [`crate::net::oauth2::TokenSource`] is the per-request credential layer
+//! instead: it sets the cached token, fetching it once for all concurrent requests, and fails a
+//! request at once (counted as an API error, retried by its caller's backoff) while the token
+//! endpoint is failing.
+//!
 //! Every request goes through [`Instrument`], which counts requests by verb and status and the
 //! connections in use (SPEC §8.2).
 //!
 //! Every request also waits for a token of the client-side limit ([`RateLimit`]: `qps`, `burst`).
 //!
-//! Not here yet (other issues): proxies, `enable_http2` and the HTTP/2 pool, `follow_redirects`
-//! and `oauth2`.
 
 pub mod config;
 pub mod instrument;
@@ -41,6 +44,7 @@ pub use redirect::FollowRedirects;
 use ::kube::client::ConfigExt as _;
 
 use crate::config::{Auth, KubernetesConfig, ProxyConfig, ProxyMode, TlsVersion};
+use crate::net::oauth2::TokenSource;
 use crate::net::proxy::Route;
 
 /// Why the Kubernetes client could not be built; each message names the setting to fix.
@@ -98,6 +102,8 @@ pub enum KubeClientError {
     Client(#[source] ::kube::Error),
     #[error("kubernetes.proxy_url")]
     Proxy(#[source] crate::net::proxy::ProxyError),
+    #[error(transparent)]
+    OAuth2(#[from] crate::net::oauth2::OAuth2Error),
 }
 
 /// Builds the client every API call of the relay goes through: our [`Pool`] at the bottom,
@@ -132,6 +138,15 @@ pub async fn build_api(cfg: &KubernetesConfig) -> Result<Api, KubeClientError> {
     let instrument = Instrument;
     // Outermost: a request waits for its token before anything else happens to it.
     let limit = RateLimit::new(cfg.qps, cfg.burst);
+    if let Auth::OAuth2(oauth2) = &cfg.auth {
+        let token = TokenSource::new("kubernetes.oauth2", "kubernetes", oauth2)?;
+        let client = builder
+            .with_layer(&token)
+            .with_layer(&instrument)
+            .with_layer(&limit)
+            .build();
+        return Ok(Api { client, pool });
+    }
     let client = match FileCredential::from_auth(&cfg.auth)? {
         Some(credential) => builder
             .with_layer(&credential)

@@ -189,7 +189,7 @@ pub fn start_loki_on(
     name: String,
     config: LokiConfig,
 ) -> Result<ReceiverHandle, ReceiverError> {
-    let client = PushClient::new(&config).map_err(|source| ReceiverError::Client {
+    let client = PushClient::new(&name, &config).map_err(|source| ReceiverError::Client {
         name: name.clone(),
         source,
     })?;

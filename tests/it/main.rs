@@ -10,6 +10,7 @@ mod config_examples;
 mod deploy;
 mod kube_keys;
 mod lifecycle;
+mod oauth2;
 mod pipeline;
 mod positions;
 mod receivers;

@@ -92,16 +92,114 @@ pub(super) fn auth(c: &mut Checker, path: &str, keys: &AuthKeys<'_>) -> Auth {
         .unwrap_or_else(|| Credential::Inline(Secret::default()));
         auth = Auth::Basic { username, password };
     }
-    if keys.oauth2.is_some() {
-        c.error(
-            join_key(path, "oauth2"),
-            "oauth2 is not supported yet: use bearer_token_file (for example a token refreshed by a sidecar), authorization or basic_auth",
-        );
+    if let Some(raw) = keys.oauth2
+        && let Some(oauth2) = oauth2(c, &join_key(path, "oauth2"), raw)
+    {
+        auth = Auth::OAuth2(Box::new(oauth2));
     }
     if found.len() > 1 {
         return Auth::None;
     }
     auth
+}
+
+/// Form parameters the token request sets itself; `grant_type` may be overridden, as Go's
+/// `clientcredentials` allows for servers that want another grant name.
+const RESERVED_PARAMS: &[(&str, &str)] = &[
+    ("client_id", "set oauth2.client_id instead"),
+    (
+        "client_secret",
+        "set oauth2.client_secret or client_secret_file instead",
+    ),
+];
+
+/// `oauth2`: the client-credentials grant; `None` when a required key is missing or invalid.
+fn oauth2(c: &mut Checker, path: &str, raw: &RawOAuth2) -> Option<OAuth2Config> {
+    let at = |key: &str| join_key(path, key);
+    let errors = c.errors.len();
+    let client_id = match &raw.client_id {
+        None => {
+            c.error(at("client_id"), "missing (required)");
+            None
+        }
+        Some(id) => c.non_empty(&at("client_id"), Some(id)),
+    };
+    let client_secret = credential(
+        c,
+        path,
+        ("client_secret", raw.client_secret.as_ref()),
+        ("client_secret_file", raw.client_secret_file.as_ref()),
+        true,
+    );
+    let token_url = match &raw.token_url {
+        None => {
+            c.error(
+                at("token_url"),
+                "missing (required; the client-credentials endpoint, e.g. \"https://idp.example.com/oauth2/token\")",
+            );
+            None
+        }
+        Some(url) => c.url(&at("token_url"), Some(url)),
+    };
+    let mut scopes = Vec::new();
+    for (index, scope) in raw.scopes.iter().flatten().enumerate() {
+        let scope_path = join_index(&at("scopes"), index);
+        if scope.trim().is_empty() {
+            c.error(scope_path, "must not be empty");
+        } else if scope
+            .chars()
+            .any(|ch| ch.is_whitespace() || ch.is_control())
+        {
+            c.error(
+                scope_path,
+                format!("{scope:?} contains whitespace: scopes are sent space-separated, so list each scope as its own string"),
+            );
+        } else {
+            scopes.push(scope.clone());
+        }
+    }
+    let mut endpoint_params = BTreeMap::new();
+    for (name, value) in raw.endpoint_params.iter().flatten() {
+        let param_path = join_key(&at("endpoint_params"), name);
+        if name.trim().is_empty() {
+            c.error(param_path, "parameter names must not be empty");
+        } else if let Some((_, instead)) = RESERVED_PARAMS.iter().find(|(n, _)| n == name) {
+            c.error(
+                param_path,
+                format!("{name:?} is sent by the token request itself: {instead}"),
+            );
+        } else if name == "scope" && raw.scopes.as_ref().is_some_and(|s| !s.is_empty()) {
+            c.error(
+                param_path,
+                "\"scope\" conflicts with oauth2.scopes (set the scopes in one place)",
+            );
+        } else {
+            endpoint_params.insert(name.clone(), value.clone());
+        }
+    }
+    let tls = tls(c, &at("tls_config"), raw.tls_config.as_ref());
+    let proxy = proxy(
+        c,
+        path,
+        &ProxyKeys {
+            proxy_url: raw.proxy_url.as_ref(),
+            no_proxy: raw.no_proxy.as_ref(),
+            proxy_from_environment: raw.proxy_from_environment,
+            proxy_connect_header: raw.proxy_connect_header.as_ref(),
+        },
+    );
+    if c.errors.len() > errors {
+        return None;
+    }
+    Some(OAuth2Config {
+        client_id: client_id?,
+        client_secret: client_secret?,
+        token_url: token_url?,
+        scopes,
+        endpoint_params,
+        tls,
+        proxy,
+    })
 }
 
 /// `credentials` / `credentials_file` and the like: exclusive, one required when `required`.
@@ -316,4 +414,102 @@ pub(super) fn header_lists(
         }
     }
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Auth, Credential, ProxyMode, parse};
+
+    fn errors_of(text: &str) -> Vec<String> {
+        match parse(&format!("{text}\n[stdout]\n"), &|_| None) {
+            Ok(_) => panic!("expected errors for:\n{text}"),
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn a_full_oauth2_table_is_accepted() {
+        let config = parse(
+            r#"
+            [kubernetes.oauth2]
+            client_id = "relay"
+            client_secret_file = "/secret"
+            token_url = "https://idp.example.com/token"
+            scopes = ["logs.read", "pods"]
+            endpoint_params = { audience = "k8s", grant_type = "urn:custom" }
+            proxy_url = "http://proxy:3128"
+            no_proxy = "idp.internal"
+            proxy_connect_header = { "X-Proxy" = "a" }
+            [kubernetes.oauth2.tls_config]
+            ca_file = "/ca"
+            server_name = "idp"
+            [stdout]
+            "#,
+            &|_| None,
+        )
+        .expect("valid");
+        let Auth::OAuth2(oauth2) = &config.kubernetes.auth else {
+            panic!("oauth2 expected: {:?}", config.kubernetes.auth);
+        };
+        assert_eq!(oauth2.client_id, "relay");
+        assert_eq!(oauth2.client_secret, Credential::File("/secret".into()));
+        assert_eq!(oauth2.scopes, ["logs.read", "pods"]);
+        assert_eq!(oauth2.endpoint_params["grant_type"], "urn:custom");
+        assert_eq!(
+            oauth2.proxy.mode,
+            ProxyMode::Url("http://proxy:3128".into())
+        );
+        assert_eq!(oauth2.proxy.no_proxy, ["idp.internal"]);
+        assert_eq!(oauth2.tls.server_name.as_deref(), Some("idp"));
+        // The client's own proxy and TLS are untouched.
+        assert_eq!(config.kubernetes.proxy.mode, ProxyMode::Direct);
+        // Served redacted: the inline secret never, the file path yes.
+        let shown = serde_json::to_value(&config.kubernetes).unwrap();
+        assert_eq!(shown["oauth2"]["client_secret_file"], "/secret");
+        assert_eq!(shown["oauth2"]["tls_config"]["ca_file"], "/ca");
+        assert_eq!(shown["oauth2"]["proxy_url"], "http://proxy:3128");
+    }
+
+    #[test]
+    fn bad_oauth2_tables_are_refused_with_their_paths() {
+        let errors = errors_of(
+            r#"
+            [kubernetes]
+            bearer_token = "t"
+            [kubernetes.oauth2]
+            client_secret = "s"
+            client_secret_file = "/s"
+            token_url = "ftp://idp/token"
+            scopes = ["a b", ""]
+            endpoint_params = { client_secret = "x", scope = "y" }
+            no_proxy = "idp"
+            [kubernetes.oauth2.tls_config]
+            min_version = "TLS11"
+            [loki.a]
+            url = "http://loki"
+            [loki.a.oauth2]
+            client_id = ""
+            proxy_url = "https://proxy:3128"
+            "#,
+        );
+        assert_eq!(
+            errors,
+            [
+                "kubernetes: at most one of authorization, basic_auth, bearer_token, bearer_token_file, oauth2 may be set (found bearer_token, oauth2)",
+                "kubernetes.oauth2.client_id: missing (required)",
+                "kubernetes.oauth2: client_secret and client_secret_file are mutually exclusive",
+                r#"kubernetes.oauth2.token_url: "ftp://idp/token" is not an http:// or https:// URL"#,
+                r#"kubernetes.oauth2.scopes[0]: "a b" contains whitespace: scopes are sent space-separated, so list each scope as its own string"#,
+                "kubernetes.oauth2.scopes[1]: must not be empty",
+                r#"kubernetes.oauth2.endpoint_params.client_secret: "client_secret" is sent by the token request itself: set oauth2.client_secret or client_secret_file instead"#,
+                r#"kubernetes.oauth2.endpoint_params.scope: "scope" conflicts with oauth2.scopes (set the scopes in one place)"#,
+                r#"kubernetes.oauth2.tls_config.min_version: "TLS11" is not supported: rustls implements TLS 1.2 and 1.3 only (use "TLS12" or "TLS13")"#,
+                "kubernetes.oauth2.no_proxy: needs proxy_url (no_proxy lists the hosts that bypass that proxy)",
+                "loki.a.oauth2.client_id: must not be empty (remove the key to leave it unset)",
+                "loki.a.oauth2: one of client_secret, client_secret_file is required",
+                r#"loki.a.oauth2.token_url: missing (required; the client-credentials endpoint, e.g. "https://idp.example.com/oauth2/token")"#,
+                r#"loki.a.oauth2.proxy_url: "https://proxy:3128" is an https:// proxy: only http:// proxies are supported (an https server is still reached with end-to-end TLS through the proxy's CONNECT tunnel)"#,
+            ]
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! The `Authorization` header of a receiver's pushes (SPEC §4.5, §6): bearer token, `<type>
-//! <credentials>` or basic auth, the single method the configuration allows.
+//! <credentials>`, basic auth or an OAuth2 token ([`crate::net::oauth2`], fetched and cached
+//! for the receiver), the single method the configuration allows.
 //!
 //! Credential files (`bearer_token_file`, `credentials_file`, `password_file`) are re-read when
 //! their modification time or size changes, so rotated tokens keep working; the check is one
@@ -13,6 +14,7 @@ use base64::Engine as _;
 use http::header::HeaderValue;
 
 use crate::config::{Auth, Credential, Secret};
+use crate::net::oauth2::TokenSource;
 
 use super::{ClientError, PushError};
 
@@ -28,6 +30,7 @@ pub(super) enum AuthHeader {
         username: String,
         password: Source,
     },
+    OAuth2(TokenSource),
 }
 
 /// A secret given inline or read from a file (re-read when it changes).
@@ -56,7 +59,8 @@ impl Source {
 }
 
 impl AuthHeader {
-    pub(super) fn new(auth: &Auth) -> Result<AuthHeader, ClientError> {
+    /// The header of receiver `name` (which names its `oauth2` settings in errors and metrics).
+    pub(super) fn new(name: &str, auth: &Auth) -> Result<AuthHeader, ClientError> {
         Ok(match auth {
             Auth::None => AuthHeader::None,
             Auth::BearerToken(token) => AuthHeader::Prefixed {
@@ -75,12 +79,24 @@ impl AuthHeader {
                 username: username.clone(),
                 password: Source::from_credential(password),
             },
+            Auth::OAuth2(oauth2) => AuthHeader::OAuth2(TokenSource::new(
+                &format!("loki.{name}.oauth2"),
+                &format!("loki.{name}"),
+                oauth2,
+            )?),
         })
     }
 
-    pub(super) fn value(&self) -> Result<Option<HeaderValue>, PushError> {
+    pub(super) async fn value(&self) -> Result<Option<HeaderValue>, PushError> {
         let text = match self {
             AuthHeader::None => return Ok(None),
+            AuthHeader::OAuth2(source) => {
+                return source
+                    .header()
+                    .await
+                    .map(Some)
+                    .map_err(|e| PushError::Token(e.to_string()));
+            }
             AuthHeader::Prefixed { prefix, credential } => {
                 format!("{prefix}{}", credential.read()?)
             }
@@ -136,21 +152,24 @@ impl WatchedFile {
 mod tests {
     use super::*;
 
-    #[test]
-    fn authorization_headers() {
+    #[tokio::test]
+    async fn authorization_headers() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("token");
         std::fs::write(&file, "one\n").unwrap();
-        let value = |auth: &Auth| {
-            AuthHeader::new(auth)
+        let value = async |auth: &Auth| {
+            AuthHeader::new("a", auth)
                 .unwrap()
                 .value()
+                .await
                 .unwrap()
                 .map(|v| v.to_str().unwrap().to_owned())
         };
-        assert_eq!(value(&Auth::None), None);
+        assert_eq!(value(&Auth::None).await, None);
         assert_eq!(
-            value(&Auth::BearerToken(Secret("t".into()))).as_deref(),
+            value(&Auth::BearerToken(Secret("t".into())))
+                .await
+                .as_deref(),
             Some("Bearer t")
         );
         assert_eq!(
@@ -158,6 +177,7 @@ mod tests {
                 username: "user".into(),
                 password: Credential::Inline(Secret("pass".into())),
             })
+            .await
             .as_deref(),
             Some("Basic dXNlcjpwYXNz")
         );
@@ -166,15 +186,19 @@ mod tests {
                 kind: "Token".into(),
                 credentials: Credential::File(file.clone()),
             })
+            .await
             .as_deref(),
             Some("Token one")
         );
         // A rotated token file is re-read.
-        let header = AuthHeader::new(&Auth::BearerTokenFile(file.clone())).unwrap();
-        assert_eq!(header.value().unwrap().unwrap(), "Bearer one");
+        let header = AuthHeader::new("a", &Auth::BearerTokenFile(file.clone())).unwrap();
+        assert_eq!(header.value().await.unwrap().unwrap(), "Bearer one");
         std::fs::write(&file, "rotated-two\n").unwrap();
-        assert_eq!(header.value().unwrap().unwrap(), "Bearer rotated-two");
+        assert_eq!(header.value().await.unwrap().unwrap(), "Bearer rotated-two");
         std::fs::remove_file(&file).unwrap();
-        assert!(matches!(header.value(), Err(PushError::Credentials { .. })));
+        assert!(matches!(
+            header.value().await,
+            Err(PushError::Credentials { .. })
+        ));
     }
 }

@@ -3,7 +3,7 @@
 //! A hyper-util pooled client over rustls (ring) for `http` and `https` URLs, built from three
 //! parts: `tls.rs` (the receiver's TLS settings and HTTP/2 by ALPN), `proxy.rs` (straight to Loki,
 //! or through a `CONNECT` tunnel or forward proxy) and `auth.rs` (the `Authorization` header,
-//! credential files re-read when they change).
+//! credential files re-read when they change, OAuth2 tokens fetched and cached).
 //!
 //! Each attempt is `POST url` with
 //! `Content-Type: application/x-protobuf`, `User-Agent: kube-log-relay/<version>`,
@@ -50,23 +50,12 @@ pub enum ClientError {
     Url { url: String, reason: String },
     #[error("header {name:?}: {reason}")]
     Header { name: String, reason: String },
-    #[error("tls_config: cannot read {what} from {path}: {source}")]
-    TlsFile {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("tls_config: {what} is not valid PEM: {reason}")]
-    Pem { what: &'static str, reason: String },
     #[error("tls_config: {0}")]
-    Tls(#[from] rustls::Error),
-    #[error("tls_config.server_name {0:?} is not a valid DNS name or IP address")]
-    ServerName(String),
-    #[error("tls_config: cert and key must be given together")]
-    CertWithoutKey,
+    Tls(#[from] crate::net::tls::TlsError),
     #[error(transparent)]
     Proxy(#[from] proxy::ProxyError),
+    #[error(transparent)]
+    OAuth2(#[from] crate::net::oauth2::OAuth2Error),
 }
 
 /// Why one push attempt got no HTTP answer.
@@ -82,6 +71,9 @@ pub enum PushError {
         #[source]
         source: std::io::Error,
     },
+    /// No OAuth2 token (the message names the setting and when the next fetch is).
+    #[error("{0}")]
+    Token(String),
 }
 
 /// Loki's answer to one push.
@@ -104,8 +96,8 @@ pub struct PushClient {
 }
 
 impl PushClient {
-    /// Builds the client of a receiver; fails on a bad URL, header or TLS material.
-    pub fn new(config: &LokiConfig) -> Result<PushClient, ClientError> {
+    /// Builds the client of receiver `name`; fails on a bad URL, header or TLS material.
+    pub fn new(name: &str, config: &LokiConfig) -> Result<PushClient, ClientError> {
         let uri: http::Uri =
             config
                 .url
@@ -142,7 +134,7 @@ impl PushClient {
         for (name, value) in &configured {
             headers.insert(name.clone(), value.clone());
         }
-        let auth = AuthHeader::new(&config.auth)?;
+        let auth = AuthHeader::new(name, &config.auth)?;
         let route = Route::new(&uri, &config.proxy)?;
         if let Some(value) = route.forward_auth() {
             let mut value = value.clone();
@@ -174,7 +166,7 @@ impl PushClient {
             })?;
             request.headers_mut().insert("x-scope-orgid", value);
         }
-        if let Some(value) = self.auth.value()? {
+        if let Some(value) = self.auth.value().await? {
             request.headers_mut().insert(AUTHORIZATION, value);
         }
         match tokio::time::timeout(self.timeout, self.exchange(request)).await {
@@ -249,7 +241,7 @@ mod tests {
         for url in bad {
             assert!(
                 matches!(
-                    PushClient::new(&LokiConfig::with_url(url)),
+                    PushClient::new("test", &LokiConfig::with_url(url)),
                     Err(ClientError::Url { .. })
                 ),
                 "{url}"
@@ -257,13 +249,13 @@ mod tests {
         }
         let mut config = LokiConfig::with_url("https://loki:3100/loki/api/v1/push");
         config.tls.ca = Some(PemSource::Inline(Secret("not pem".into())));
-        let err = PushClient::new(&config).err().unwrap();
+        let err = PushClient::new("test", &config).err().unwrap();
         assert!(err.to_string().contains("ca is not valid PEM"), "{err}");
         config.tls.ca = None;
         config.tls.server_name = Some("bad name!".into());
         assert!(matches!(
-            PushClient::new(&config),
-            Err(ClientError::ServerName(_))
+            PushClient::new("test", &config),
+            Err(ClientError::Tls(crate::net::tls::TlsError::ServerName(_)))
         ));
     }
 }

@@ -93,7 +93,7 @@ mod tests {
         let (proxy, heads) = start_proxy().await;
         let mut config = via_proxy(loki.url("https", "localhost"), proxy);
         config.tls.ca = Some(PemSource::Inline(Secret(CA_PEM.into())));
-        let client = PushClient::new(&config).unwrap();
+        let client = PushClient::new("test", &config).unwrap();
         for _ in 0..2 {
             let answer = client.push(empty_push(), Some("t")).await.unwrap();
             assert_eq!(answer.status, 204);
@@ -123,7 +123,7 @@ mod tests {
         let loki = TestLoki::start(None).await;
         let (proxy, heads) = start_proxy().await;
         let url = loki.url("http", "127.0.0.1");
-        let client = PushClient::new(&via_proxy(url.clone(), proxy)).unwrap();
+        let client = PushClient::new("test", &via_proxy(url.clone(), proxy)).unwrap();
         assert_eq!(client.push(empty_push(), None).await.unwrap().status, 204);
         let heads = heads.lock().unwrap().clone();
         assert_eq!(heads.len(), 1, "{heads:?}");
@@ -148,7 +148,7 @@ mod tests {
         let (proxy, heads) = start_proxy().await;
         let mut config = via_proxy(loki.url("http", "127.0.0.1"), proxy);
         config.proxy.no_proxy = vec!["example.com".into(), "127.0.0.0/8".into()];
-        let client = PushClient::new(&config).unwrap();
+        let client = PushClient::new("test", &config).unwrap();
         assert_eq!(client.push(empty_push(), None).await.unwrap().status, 204);
         assert!(heads.lock().unwrap().is_empty());
         assert_eq!(loki.sink.requests().len(), 1);
@@ -158,7 +158,7 @@ mod tests {
     fn https_proxies_are_refused_with_the_reason() {
         let mut config = LokiConfig::with_url("https://loki:3100/loki/api/v1/push");
         config.proxy.mode = ProxyMode::Url("https://proxy:3128".into());
-        let err = PushClient::new(&config).err().unwrap();
+        let err = PushClient::new("test", &config).err().unwrap();
         assert!(
             matches!(err, ClientError::Proxy(ProxyError::ProxyScheme { .. })),
             "{err}"

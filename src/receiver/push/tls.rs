@@ -1,23 +1,11 @@
-//! The TLS layer of a receiver's client (SPEC §4.5, §6): rustls (ring) configured from
-//! `tls_config` (CA, client certificate, `insecure_skip_verify`, `server_name`, `min_version`),
-//! wrapped around the [`Route`] connector; `http` URLs pass through it unencrypted.
-//!
-//! HTTP/2 (`enable_http2`, default true) is offered the way Go's client (and so the reference)
-//! offers it: by ALPN during the TLS handshake, so an `https` Loki that speaks HTTP/2 gets it and
-//! one that does not gets HTTP/1.1. Over plain `http` every request is HTTP/1.1: Loki does not
-//! expect h2c with prior knowledge, and an HTTP/1.1 proxy in front of it would not understand it.
-//! `enable_http2 = false` offers only `http/1.1`.
+//! The TLS layer of a receiver's client (SPEC §4.5, §6): `tls_config` and `enable_http2` over
+//! the [`Route`] connector, built by [`crate::net::tls`] (shared with the OAuth2 token client).
+//! Over TLS, ALPN offers h2 and http/1.1; plain http stays HTTP/1.1: Loki does not expect h2c,
+//! and an HTTP/1.1 proxy in front of it would not understand it.
 
-use std::sync::Arc;
+use hyper_rustls::HttpsConnector;
 
-use hyper_rustls::{ConfigBuilderExt, FixedServerNameResolver, HttpsConnector};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-
-use crate::config::{LokiConfig, PemSource, TlsConfig, TlsVersion};
+use crate::config::LokiConfig;
 
 use super::ClientError;
 use super::proxy::Route;
@@ -27,145 +15,11 @@ pub(super) fn connector(
     config: &LokiConfig,
     route: Route,
 ) -> Result<HttpsConnector<Route>, ClientError> {
-    let tls = tls_config(&config.tls)?;
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http();
-    let builder = match &config.tls.server_name {
-        Some(name) => {
-            let server_name = ServerName::try_from(name.clone())
-                .map_err(|_| ClientError::ServerName(name.clone()))?;
-            builder.with_server_name_resolver(FixedServerNameResolver::new(server_name))
-        }
-        None => builder,
-    };
-    // Over TLS, ALPN offers h2 and http/1.1; plain http stays HTTP/1.1 (see the module doc).
-    let connector = if config.enable_http2 {
-        builder.enable_all_versions().wrap_connector(route)
-    } else {
-        builder.enable_http1().wrap_connector(route)
-    };
-    Ok(connector)
-}
-
-fn pem_bytes(source: &PemSource, what: &'static str) -> Result<Vec<u8>, ClientError> {
-    match source {
-        PemSource::Inline(s) => Ok(s.expose().as_bytes().to_vec()),
-        PemSource::File(path) => std::fs::read(path).map_err(|source| ClientError::TlsFile {
-            what,
-            path: path.clone(),
-            source,
-        }),
-    }
-}
-
-fn certificates(
-    source: &PemSource,
-    what: &'static str,
-) -> Result<Vec<CertificateDer<'static>>, ClientError> {
-    let pem = pem_bytes(source, what)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ClientError::Pem {
-            what,
-            reason: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(ClientError::Pem {
-            what,
-            reason: "no CERTIFICATE block found".into(),
-        });
-    }
-    Ok(certs)
-}
-
-/// The rustls configuration of a receiver's `tls_config`.
-fn tls_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, ClientError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
-        Some(TlsVersion::Tls13) => &[&rustls::version::TLS13],
-        Some(TlsVersion::Tls12) | None => rustls::DEFAULT_VERSIONS,
-    };
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(versions)?;
-    let builder = if tls.insecure_skip_verify {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SkipVerify(provider)))
-    } else if let Some(ca) = &tls.ca {
-        // A configured CA replaces the public roots, as in the reference.
-        let mut roots = RootCertStore::empty();
-        for cert in certificates(ca, "ca")? {
-            roots.add(cert)?;
-        }
-        builder.with_root_certificates(roots)
-    } else {
-        builder.with_webpki_roots()
-    };
-    Ok(match (&tls.cert, &tls.key) {
-        (Some(cert), Some(key)) => {
-            let certs = certificates(cert, "cert")?;
-            let key = PrivateKeyDer::from_pem_slice(&pem_bytes(key, "key")?).map_err(|e| {
-                ClientError::Pem {
-                    what: "key",
-                    reason: e.to_string(),
-                }
-            })?;
-            builder.with_client_auth_cert(certs, key)?
-        }
-        (None, None) => builder.with_no_client_auth(),
-        _ => return Err(ClientError::CertWithoutKey),
-    })
-}
-
-/// `insecure_skip_verify`: accepts any server certificate, still checking handshake
-/// signatures so the connection is at least to the holder of the presented key.
-#[derive(Debug)]
-struct SkipVerify(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for SkipVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    Ok(crate::net::tls::https_connector(
+        &config.tls,
+        route,
+        config.enable_http2,
+    )?)
 }
 
 #[cfg(test)]
@@ -179,7 +33,7 @@ mod tests {
         let loki = TestLoki::start(Some(&[b"h2", b"http/1.1"])).await;
         let ca = Some(PemSource::Inline(Secret(CA_PEM.into())));
         let push = |config: LokiConfig| async move {
-            PushClient::new(&config)
+            PushClient::new("test", &config)
                 .unwrap()
                 .push(empty_push(), None)
                 .await
@@ -218,7 +72,7 @@ mod tests {
             config.tls.ca = ca.clone();
             config.enable_http2 = enable_http2;
             async move {
-                let client = PushClient::new(&config).unwrap();
+                let client = PushClient::new("test", &config).unwrap();
                 assert_eq!(client.push(empty_push(), None).await.unwrap().status, 204);
             }
         };
