@@ -386,3 +386,133 @@ endpoint_params = { client_id = "x" }
         assert!(stderr.contains(path), "{path:?} in:\n{stderr}");
     }
 }
+
+/// A relay whose `[kubernetes]` reaches the simulator directly while its `[kubernetes.oauth2]`
+/// table is `oauth2` (the token endpoint, its secret and TLS, its own proxy options).
+fn relay_with_oauth2(sim: &Sim, sink: &LokiSink, oauth2: &str) -> String {
+    format!(
+        "[kubernetes]\napi_server = \"{url}\"\nqps = 1000\nburst = 1000\n\
+         [kubernetes.tls_config]\nca_file = \"{ca}\"\n\
+         [kubernetes.oauth2]\nclient_id = \"{CLIENT_ID}\"\ntoken_url = \"{token_url}\"\n{oauth2}\n\
+         [tail]\nmin_backoff = \"50ms\"\nmax_backoff = \"500ms\"\nterminated_grace = \"1s\"\n\
+         [server]\nlisten = \"127.0.0.1:0\"\n",
+        url = sim.url(),
+        ca = ca(sim),
+        token_url = sim.token_url(),
+    ) + &support::loki_table("a", sink, "")
+}
+
+/// Waits until the 20 lines of `jobs/p-0/c` reached `sink`.
+async fn twenty_arrive(sink: &LokiSink) {
+    eventually("jobs/p-0/c: 20 lines", || {
+        support::lines_of(&sink.entries(), "jobs", "p-0", "c").len() >= 20
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn the_token_endpoint_has_its_own_secret_file_params_tls_and_proxy() {
+    let (sim, dir) = oauth_sim(Duration::from_secs(600)).await;
+    let files = sim.tls_files().expect("TLS files").clone();
+    let secret = dir.path().join("oauth2-secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).expect("write the secret");
+    let pem = std::fs::read_to_string(&files.ca).expect("read the CA");
+    let proxy = kube_log_relay::sim::proxy::Proxy::start()
+        .await
+        .expect("proxy starts");
+    let target = sim.url().trim_start_matches("https://").to_string();
+
+    // Through its own CONNECT proxy, an inline CA checked against another name, TLS 1.3 only,
+    // extra form parameters, the secret in a file.
+    add_jobs(&sim, 1, &["c"], 20);
+    let sink = support::sink().await;
+    let oauth2 = format!(
+        "client_secret_file = \"{}\"\nscopes = [\"k8s\", \"logs\"]\n\
+         endpoint_params = {{ audience = \"kubernetes\" }}\n\
+         proxy_url = \"{}\"\nproxy_connect_header = {{ \"X-Token-Proxy\" = [\"yes\"] }}\n\
+         [kubernetes.oauth2.tls_config]\nca_pem = '''\n{pem}'''\nserver_name = \"localhost\"\nmin_version = \"TLS13\"\n",
+        secret.display(),
+        proxy.url()
+    );
+    let relay = support::relay(&relay_with_oauth2(&sim, &sink, &oauth2)).await;
+    twenty_arrive(&sink).await;
+    assert_every_line_once(&sim, 1, &["c"], &sink);
+    relay.shutdown().await;
+    let requests = sim.oauth2().requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        assert_eq!(r.scope.as_deref(), Some("k8s logs"), "{r:?}");
+        assert_eq!(
+            r.params.get("audience").map(String::as_str),
+            Some("kubernetes"),
+            "{r:?}"
+        );
+    }
+    let through = proxy.requests();
+    assert!(
+        !through.is_empty()
+            && through
+                .iter()
+                .all(|r| r.target == target && r.header("x-token-proxy") == Some("yes")),
+        "only the token requests go through the oauth2 proxy: {through:?}"
+    );
+
+    // no_proxy keeps it direct; insecure_skip_verify with a client certificate from files.
+    let proxy = kube_log_relay::sim::proxy::Proxy::start()
+        .await
+        .expect("proxy starts");
+    let (sim2, _dir2) = oauth_sim(Duration::from_secs(600)).await;
+    let files = sim2.tls_files().expect("TLS files").clone();
+    add_jobs(&sim2, 1, &["c"], 20);
+    let sink = support::sink().await;
+    let oauth2 = format!(
+        "client_secret = \"{SECRET}\"\nproxy_url = \"{}\"\nno_proxy = \"127.0.0.0/8\"\n\
+         [kubernetes.oauth2.tls_config]\ninsecure_skip_verify = true\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+",
+        proxy.url(),
+        files.client_cert.display(),
+        files.client_key.display()
+    );
+    let relay = support::relay(&relay_with_oauth2(&sim2, &sink, &oauth2)).await;
+    twenty_arrive(&sink).await;
+    assert_every_line_once(&sim2, 1, &["c"], &sink);
+    relay.shutdown().await;
+    assert!(proxy.requests().is_empty(), "{:?}", proxy.requests());
+
+    // proxy_from_environment: HTTPS_PROXY for the token endpoint only (a child process: the
+    // environment is the process's).
+    let proxy = kube_log_relay::sim::proxy::Proxy::start()
+        .await
+        .expect("proxy starts");
+    let (sim3, dir3) = oauth_sim(Duration::from_secs(600)).await;
+    add_jobs(&sim3, 1, &["c"], 20);
+    let sink = support::sink().await;
+    let ca_file = sim3
+        .tls_files()
+        .expect("TLS files")
+        .ca
+        .display()
+        .to_string();
+    let oauth2 = format!(
+        "client_secret = \"{SECRET}\"\nproxy_from_environment = true\n\
+         [kubernetes.oauth2.tls_config]\nca_file = \"{ca_file}\"\ncert_pem = '''\n{}'''\nkey_pem = '''\n{}'''\n",
+        std::fs::read_to_string(&sim3.tls_files().expect("files").client_cert).expect("cert"),
+        std::fs::read_to_string(&sim3.tls_files().expect("files").client_key).expect("key"),
+    );
+    let text = relay_with_oauth2(&sim3, &sink, &oauth2);
+    let mut relay = RelayProcess::start_with_env(
+        dir3.path(),
+        &text,
+        0,
+        &[("HTTPS_PROXY", proxy.url().as_str()), ("NO_PROXY", "")],
+    );
+    let target3 = sim3.url().trim_start_matches("https://").to_string();
+    eventually("the token request goes through HTTPS_PROXY", || {
+        relay.alive() && proxy.connect_targets().contains(&target3)
+    })
+    .await;
+    twenty_arrive(&sink).await;
+    assert!(relay.alive());
+    assert_every_line_once(&sim3, 1, &["c"], &sink);
+    relay.terminate().await;
+}
