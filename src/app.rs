@@ -20,7 +20,6 @@ use tokio::sync::watch;
 
 use crate::cluster::coordinator::{self, ClusterStatus, CoordinatorArgs, Gate, StatusHandle};
 use crate::cluster::handover::View;
-use crate::cluster::identity::Identity;
 use crate::cluster::lease;
 use crate::config::{Config, PositionsBackend};
 use crate::discovery::{self, Discovery, DiscoveryArgs, Reconfigure, Restart};
@@ -32,6 +31,7 @@ use crate::positions::sync::{self, Backend, PositionsError};
 use crate::receiver::{self, ReceiverError, ReceiverHandle};
 use crate::registry::{Registry, RegistryArgs, SetClient, SetTailConfig, StopAll};
 use crate::reload::{self, ReceiverChange, Reload, ReloadError, ReloadReport, STDOUT};
+use crate::replica::Identity;
 use crate::server::{self, ServerError, ServerState};
 use crate::target::SetTargets;
 use crate::telemetry;

@@ -19,13 +19,16 @@
 //!
 //! - [`positions`] keeps each target's *acknowledged* cursor (SPEC §4.4): chunks carry an
 //!   acknowledgement back to their target's tracker ([`cursor::TargetAcks`]), which moves the
-//!   stored position only past lines every receiver finished with; the file backend makes
-//!   restarts exact.
+//!   stored position only past lines every receiver finished with; the file and ConfigMap
+//!   backends make restarts exact.
+//! - [`cluster`] (when `[clustering]` is on) sits between discovery and the registry: replicas
+//!   keep Leases, own targets by rendezvous hashing and hand them over through the positions
+//!   ConfigMaps, so no target is tailed twice or left behind.
 //!
 //! Leaves that everyone may use and that use nothing of ours above them: [`config`] (TOML,
 //! validated in one pass), [`telemetry`] (every metric, declared once), [`cursor`] (the
-//! exactly-once data shared by `tail` and `positions`), [`target`] and [`chunk`] (the data that
-//! flows). Around the flow: [`kube`] (the API client), [`net`] (proxies, TLS and OAuth2 tokens
+//! exactly-once data shared by `tail` and `positions`), [`replica`] (who this replica is), [`target`]
+//! and [`chunk`] (the data that flows). Around the flow: [`kube`] (the API client), [`net`] (proxies, TLS and OAuth2 tokens
 //! shared by the API client and the receivers) and [`sim`] (the Kubernetes and Loki
 //! look-alike that tests, benchmarks and the demo run against). On top, the wiring: [`app`]
 //! builds the actor system and shuts it down in order, [`reload`] says what a new configuration
@@ -48,6 +51,7 @@ pub mod positions;
 pub mod receiver;
 pub mod registry;
 pub mod reload;
+pub mod replica;
 pub mod server;
 pub mod sim;
 pub mod tail;

@@ -325,6 +325,11 @@ fn describe() {
         Unit::Bytes,
         "Bytes waiting in a receiver's queue."
     );
+    describe_gauge!(
+        "kube_log_relay_receiver_queue_capacity_bytes",
+        Unit::Bytes,
+        "A receiver's queue capacity (buffer_size): queue_bytes / capacity is how full it is."
+    );
 }
 
 /// Lines and bytes read by a tailer.
@@ -384,6 +389,13 @@ pub fn targets(state: &'static str, n: usize) {
 }
 
 /// A receiver's queue size.
+/// A receiver's queue holds at most `bytes` (its `buffer_size`).
+pub fn receiver_queue_capacity(receiver: &str, bytes: usize) {
+    gauge!("kube_log_relay_receiver_queue_capacity_bytes", "receiver" => receiver.to_string())
+        .set(bytes as f64);
+}
+
+/// Bytes now waiting in a receiver's queue.
 pub fn receiver_queue_bytes(receiver: &str, bytes: usize) {
     gauge!("kube_log_relay_receiver_queue_bytes", "receiver" => receiver.to_string())
         .set(bytes as f64);

@@ -17,8 +17,8 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use tokio::sync::watch;
 
 use super::handover::View;
-use super::identity::{Identity, NAME_LABEL};
 use crate::config::ClusteringConfig;
+use crate::replica::{Identity, NAME_LABEL};
 use crate::telemetry;
 
 /// The label that says a Lease is a relay member's.

@@ -1,6 +1,6 @@
-//! Clustering on Kubernetes Leases (SPEC §7): which replica tails which target.
+//! Clustering on Kubernetes Leases (SPEC §7): which replica tails which target. Who this
+//! replica is comes from [`crate::replica`], a leaf shared with the positions store.
 //!
-//! - [`identity`]: who this replica is and which namespace its Leases and positions live in.
 //! - [`lease`]: this replica's Lease and the member list (the unexpired Leases).
 //! - [`rendezvous`]: the owner of a target among the members, pure and property-tested.
 //! - [`handover`]: what a replica does with one target — run, claim, wait, release — pure.
@@ -10,6 +10,5 @@
 
 pub mod coordinator;
 pub mod handover;
-pub mod identity;
 pub mod lease;
 pub mod rendezvous;

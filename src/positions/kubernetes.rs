@@ -22,8 +22,8 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use serde::{Deserialize, Serialize};
 
 use super::Stored;
-use crate::cluster::identity::{IDENTITY_LABEL, Identity, NAME_LABEL};
 use crate::cursor::{Cursor, Position};
+use crate::replica::{IDENTITY_LABEL, Identity, NAME_LABEL};
 use crate::target::TargetId;
 
 /// The format version this build writes and reads.

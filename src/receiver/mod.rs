@@ -298,6 +298,7 @@ impl Actor for LokiReceiver {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        telemetry::receiver_queue_capacity(&self.shared.name, self.queue.capacity());
         ctx.run_interval(Duration::from_secs(1), |act, _| {
             telemetry::receiver_queue_bytes(&act.shared.name, act.queue.queued_bytes());
         });

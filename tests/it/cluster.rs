@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use kube_log_relay::cluster::identity::Identity;
 use kube_log_relay::cluster::lease;
 use kube_log_relay::cursor::{Cursor, Position};
 use kube_log_relay::positions::PositionsTable;
 use kube_log_relay::positions::kubernetes::KubeStore;
 use kube_log_relay::positions::sync::Backend;
+use kube_log_relay::replica::Identity;
 use kube_log_relay::sim::coordination::Kind;
 use kube_log_relay::sim::loki::LokiSink;
 use kube_log_relay::sim::{ContainerSpec, PodSpec, RestartPolicy, Sim};

@@ -1,6 +1,7 @@
 //! Who this replica is and where its Leases and positions live (SPEC §7): `[clustering]
 //! identity` (default `POD_NAME`, else the hostname) and `namespace` (default the pod's own
-//! namespace from the service-account mount, else `default`).
+//! namespace from the service-account mount, else `default`). A leaf: the positions store names
+//! its ConfigMaps after it and the cluster its Lease.
 
 use crate::config::ClusteringConfig;
 
