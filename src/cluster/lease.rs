@@ -1,19 +1,25 @@
 //! This replica's Lease and the member list (SPEC §7).
 //!
 //! Every `renew_interval` the replica renews its own `coordination.k8s.io/v1` Lease (creating it
-//! when missing, taking over one left by an earlier run of the same identity) and lists the
-//! Leases labelled as relay members: the members are the holders of the unexpired ones. A
-//! replica whose own renewal has not succeeded for `lease_duration` considers itself out of the
-//! cluster (the others do too) and tails nothing. On stop it deletes its Lease, so the others
-//! take over at their next list rather than after the Lease expires.
+//! when missing, taking over one left by an earlier run of the same identity). It watches the
+//! Leases labelled as relay members (kube-runtime's reflector): the members are the holders of
+//! the unexpired ones, recomputed on every watch event and every `renew_interval` (a killed
+//! replica's Lease expires without an event). A replica whose own renewal has not succeeded for
+//! `lease_duration` considers itself out of the cluster (the others do too) and tails nothing.
+//! On stop it deletes its Lease, so the others see the deletion and take over at once rather
+//! than after the Lease expires.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
 
+use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::watcher::{self, watcher};
 use tokio::sync::watch;
 
 use super::handover::View;
@@ -112,27 +118,34 @@ impl Keeper {
             .is_some_and(|at| at.elapsed() < self.config.lease_duration)
     }
 
-    async fn view(&self) -> Result<View, kube::Error> {
-        let selector = format!(
-            "{}={},{}={}",
-            NAME_LABEL.0, NAME_LABEL.1, MEMBER_LABEL.0, MEMBER_LABEL.1
-        );
-        let leases = self
-            .api
-            .list(&ListParams::default().labels(&selector))
-            .await?;
-        let mut members = members(&leases.items, Timestamp::now());
+    /// The view from the watched Leases in `store`.
+    fn view(&self, store: &Store<Lease>) -> View {
+        let leases: Vec<Lease> = store.state().iter().map(|l| (**l).clone()).collect();
+        let mut members = members(&leases, Timestamp::now());
         let have_lease = self.have_lease();
         if have_lease {
             members.insert(self.identity.name.clone());
         } else {
             members.remove(&self.identity.name);
         }
-        Ok(View {
+        View {
             me: self.identity.name.clone(),
             members,
             have_lease,
-        })
+        }
+    }
+
+    /// Publishes `v` when it changed.
+    fn publish(&self, view: &watch::Sender<View>, v: View) {
+        telemetry::cluster_members(v.members.len());
+        view.send_if_modified(|old| {
+            let changed = *old != v;
+            if changed {
+                tracing::info!(members = ?v.members, have_lease = v.have_lease, "cluster membership changed");
+                *old = v;
+            }
+            changed
+        });
     }
 }
 
@@ -152,36 +165,51 @@ pub async fn run(
         lease: None,
         last_renewed: None,
     };
+    let selector = format!(
+        "{}={},{}={}",
+        NAME_LABEL.0, NAME_LABEL.1, MEMBER_LABEL.0, MEMBER_LABEL.1
+    );
+    let (store, writer) = reflector::store();
+    let members_api: Api<Lease> = keeper.api.clone();
+    let leases = reflector(
+        writer,
+        watcher(members_api, watcher::Config::default().labels(&selector)),
+    )
+    .default_backoff();
+    let mut leases = std::pin::pin!(leases);
     let mut tick = tokio::time::interval(keeper.config.renew_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The store holds every member's Lease once the watch's first list is done.
+    let mut listed = false;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let renew = tokio::select! {
+            _ = tick.tick() => true,
+            event = leases.next() => match event {
+                Some(Ok(watcher::Event::InitDone)) => {
+                    listed = true;
+                    false
+                }
+                Some(Ok(_)) => false,
+                Some(Err(e)) => {
+                    telemetry::cluster_lease_error();
+                    if let Some(suppressed) = crate::logging::ERRORS.check("lease_watch") {
+                        tracing::warn!(suppressed, error = %e, "watching the relay's Leases failed; retrying with backoff");
+                    }
+                    continue;
+                }
+                None => break,
+            },
             _ = stop.wait_for(|s| *s) => break,
-        }
-        if let Err(e) = keeper.renew().await {
+        };
+        if renew && let Err(e) = keeper.renew().await {
             telemetry::cluster_lease_error();
             tracing::warn!(lease = %lease_name(&keeper.identity.name), namespace = %keeper.identity.namespace, error = %e, "cannot renew the Lease; retrying at the next renewal");
         }
-        match keeper.view().await {
-            Ok(v) => {
-                telemetry::cluster_members(v.members.len());
-                view.send_if_modified(|old| {
-                    let changed = *old != v;
-                    if changed {
-                        tracing::info!(members = ?v.members, have_lease = v.have_lease, "cluster membership changed");
-                        *old = v;
-                    }
-                    changed
-                });
-            }
-            Err(e) => {
-                telemetry::cluster_lease_error();
-                tracing::warn!(error = %e, "cannot list the relay's Leases; retrying at the next renewal");
-                if !keeper.have_lease() {
-                    view.send_if_modified(|old| std::mem::replace(&mut old.have_lease, false));
-                }
-            }
+        // Until the first list arrived the members are unknown: publish nothing yet.
+        if listed {
+            keeper.publish(&view, keeper.view(&store));
+        } else if !keeper.have_lease() {
+            view.send_if_modified(|old| std::mem::replace(&mut old.have_lease, false));
         }
     }
     let name = lease_name(&keeper.identity.name);
