@@ -10,11 +10,10 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::Stored;
-use crate::cursor::{Cursor, Position};
+use super::record::Record;
 use crate::target::TargetId;
 
 /// The format version this build writes and reads.
@@ -50,21 +49,6 @@ struct Document {
     positions: Vec<Record>,
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Record {
-    namespace: String,
-    pod: String,
-    container: String,
-    uid: String,
-    /// Unix second of the cursor (`sinceTime`).
-    since: i64,
-    /// Lines to discard after `since`.
-    skip: u64,
-    container_id: Option<String>,
-    updated: Timestamp,
-}
-
 /// Reads the positions at `path`; a missing file is an empty table.
 pub fn load(path: &Path) -> Result<BTreeMap<TargetId, Stored>, FileError> {
     let text = match std::fs::read(path) {
@@ -88,51 +72,14 @@ pub fn load(path: &Path) -> Result<BTreeMap<TargetId, Stored>, FileError> {
             doc.version
         )));
     }
-    Ok(doc
-        .positions
-        .into_iter()
-        .map(|r| {
-            let id = TargetId {
-                namespace: r.namespace,
-                pod: r.pod,
-                container: r.container,
-                uid: r.uid,
-            };
-            let position = Position {
-                container_id: r.container_id.map(Into::into),
-                cursor: Cursor {
-                    since: r.since,
-                    skip: r.skip,
-                },
-            };
-            (
-                id,
-                Stored {
-                    position,
-                    updated: r.updated,
-                },
-            )
-        })
-        .collect())
+    Ok(doc.positions.into_iter().map(Record::into_entry).collect())
 }
 
 /// Writes `entries` to `path` atomically (temp file, fsync, rename, directory fsync).
 pub fn save(path: &Path, entries: &BTreeMap<TargetId, Stored>) -> Result<(), FileError> {
     let doc = Document {
         version: VERSION,
-        positions: entries
-            .iter()
-            .map(|(id, s)| Record {
-                namespace: id.namespace.clone(),
-                pod: id.pod.clone(),
-                container: id.container.clone(),
-                uid: id.uid.clone(),
-                since: s.position.cursor.since,
-                skip: s.position.cursor.skip,
-                container_id: s.position.container_id.as_deref().map(str::to_string),
-                updated: s.updated,
-            })
-            .collect(),
+        positions: entries.iter().map(|(id, s)| Record::of(id, s)).collect(),
     };
     let write_err = |source| FileError::Write {
         path: path.to_path_buf(),
@@ -163,6 +110,8 @@ fn temp_path(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cursor::{Cursor, Position};
+    use jiff::Timestamp;
 
     fn sample() -> BTreeMap<TargetId, Stored> {
         let id = TargetId {

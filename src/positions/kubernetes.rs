@@ -16,13 +16,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
-use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use serde::{Deserialize, Serialize};
 
 use super::Stored;
-use crate::cursor::{Cursor, Position};
+use super::record::Record;
 use crate::replica::{IDENTITY_LABEL, Identity, NAME_LABEL};
 use crate::target::TargetId;
 
@@ -83,19 +82,6 @@ struct Key {
     uid: String,
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Record {
-    namespace: String,
-    pod: String,
-    container: String,
-    uid: String,
-    since: i64,
-    skip: u64,
-    container_id: Option<String>,
-    updated: Timestamp,
-}
-
 impl From<&TargetId> for Key {
     fn from(id: &TargetId) -> Key {
         Key {
@@ -116,41 +102,6 @@ impl From<Key> for TargetId {
             uid: k.uid,
         }
     }
-}
-
-fn record(id: &TargetId, s: &Stored) -> Record {
-    Record {
-        namespace: id.namespace.clone(),
-        pod: id.pod.clone(),
-        container: id.container.clone(),
-        uid: id.uid.clone(),
-        since: s.position.cursor.since,
-        skip: s.position.cursor.skip,
-        container_id: s.position.container_id.as_deref().map(str::to_string),
-        updated: s.updated,
-    }
-}
-
-fn from_record(r: Record) -> (TargetId, Stored) {
-    let position = Position {
-        container_id: r.container_id.map(Into::into),
-        cursor: Cursor {
-            since: r.since,
-            skip: r.skip,
-        },
-    };
-    (
-        TargetId {
-            namespace: r.namespace,
-            pod: r.pod,
-            container: r.container,
-            uid: r.uid,
-        },
-        Stored {
-            position,
-            updated: r.updated,
-        },
-    )
 }
 
 /// Keeps in `into` the newer (by `updated`) of its entry and `stored`; true when `stored` won.
@@ -190,7 +141,7 @@ fn split(
     // The document's size so far, plus a byte per comma.
     let mut size = serde_json::to_vec(&doc).map_or(0, |v| v.len());
     for (id, s) in entries {
-        let r = record(id, s);
+        let r = Record::of(id, s);
         let len = serde_json::to_vec(&r).map_or(0, |v| v.len()) + 1;
         if size + len > PART_LIMIT && !doc.positions.is_empty() {
             parts.push(serde_json::to_string(&doc).unwrap_or_default());
@@ -311,7 +262,7 @@ impl KubeStore {
             let held = snapshot.held.entry(doc.identity).or_default();
             held.extend(doc.held.into_iter().map(TargetId::from));
             for r in doc.positions {
-                let (id, stored) = from_record(r);
+                let (id, stored) = Record::into_entry(r);
                 keep_newest(&mut snapshot.positions, id, stored);
             }
         }
@@ -376,7 +327,7 @@ impl KubeStore {
                 parts.insert(name.clone(), rv.clone());
             }
             for r in self.parse(cm)?.positions {
-                let (id, stored) = from_record(r);
+                let (id, stored) = Record::into_entry(r);
                 keep_newest(&mut out, id, stored);
             }
         }
@@ -455,6 +406,8 @@ impl KubeStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cursor::{Cursor, Position};
+    use jiff::Timestamp;
 
     fn id(n: usize) -> TargetId {
         TargetId {
@@ -487,7 +440,7 @@ mod tests {
             assert!(p.len() <= PART_LIMIT, "part {n}: {} bytes", p.len());
             let doc: Document = serde_json::from_str(p).unwrap();
             assert_eq!(doc.held.len(), if n == 0 { 10 } else { 0 });
-            back.extend(doc.positions.into_iter().map(from_record));
+            back.extend(doc.positions.into_iter().map(Record::into_entry));
         }
         assert_eq!(back, entries);
     }

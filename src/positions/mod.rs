@@ -15,6 +15,7 @@
 
 pub mod file;
 pub mod kubernetes;
+mod record;
 pub mod sync;
 
 use std::collections::{BTreeMap, BTreeSet};

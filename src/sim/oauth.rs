@@ -248,38 +248,19 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((form_decode(id), form_decode(secret)))
 }
 
+/// One form-encoded value (`+` is a space, `%41` is `A`), as Go's `url.QueryEscape` makes them.
 fn form_decode(s: &str) -> String {
-    percent_decode(s).unwrap_or_else(|| s.to_string())
+    parse_form(&format!("v={s}"))
+        .remove("v")
+        .unwrap_or_default()
 }
 
 /// Parses `application/x-www-form-urlencoded` text into a map (the last value of a repeated
-/// key wins).
-fn parse_form(text: &str) -> Option<HashMap<String, String>> {
-    let mut out = HashMap::new();
-    for pair in text.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        out.insert(percent_decode(k)?, percent_decode(v)?);
-    }
-    Some(out)
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+/// key wins; an invalid escape is kept as it is).
+fn parse_form(text: &str) -> HashMap<String, String> {
+    form_urlencoded::parse(text.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
 }
 
 async fn token(
@@ -287,7 +268,7 @@ async fn token(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let form = std::str::from_utf8(&body).ok().and_then(parse_form);
+    let form = std::str::from_utf8(&body).ok().map(parse_form);
     let Some(form) = form else {
         issuer.fetches.fetch_add(1, Ordering::Relaxed);
         return (
@@ -401,13 +382,14 @@ mod tests {
     fn form_bodies_and_basic_credentials_are_decoded() {
         assert_eq!(
             parse_form("grant_type=client_credentials&scope=a+b%2Fc&x"),
-            Some(form(&[
+            form(&[
                 ("grant_type", "client_credentials"),
                 ("scope", "a b/c"),
                 ("x", "")
-            ]))
+            ])
         );
-        assert_eq!(parse_form("a=%zz"), None);
+        // An invalid escape is kept as it is (form_urlencoded decodes leniently).
+        assert_eq!(parse_form("a=%zz"), form(&[("a", "%zz")]));
         let mut headers = HeaderMap::new();
         // "my%20id:s%3Acret" → ("my id", "s:cret")
         headers.insert(
