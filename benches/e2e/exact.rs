@@ -46,7 +46,12 @@ pub fn written_total(sim: &Sim, containers: &[Key]) -> u64 {
 
 /// Waits until `sink` holds at least as many entries as `containers` wrote (at most
 /// `timeout`), then a moment longer for late duplicates, and compares by identity.
-pub async fn settle(sim: &Sim, sink: &LokiSink, containers: &[Key], timeout: Duration) -> Exactness {
+pub async fn settle(
+    sim: &Sim,
+    sink: &LokiSink,
+    containers: &[Key],
+    timeout: Duration,
+) -> Exactness {
     let want = written_total(sim, containers) as usize;
     if sink.wait_for(|e| e.len() >= want, timeout).await {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -56,14 +61,16 @@ pub async fn settle(sim: &Sim, sink: &LokiSink, containers: &[Key], timeout: Dur
 
 /// Compares now, without waiting.
 pub async fn count(sim: &Sim, sink: &LokiSink, containers: &[Key]) -> Exactness {
-    let written: Vec<String> = containers
-        .iter()
-        .flat_map(|(ns, pod, c)| sim.written_lines(ns, pod, c))
-        .collect();
     let result = RefCell::new(Exactness::default());
     // Counted under the sink's lock, on its own entries: a million entries are not copied.
+    // What was written is read under that lock too, so every entry the sink holds was written
+    // before it: a line still being written cannot pass for a duplicate.
     sink.wait_for(
         |entries| {
+            let written: Vec<String> = containers
+                .iter()
+                .flat_map(|(ns, pod, c)| sim.written_lines(ns, pod, c))
+                .collect();
             let mut balance: HashMap<&str, i64> = HashMap::with_capacity(written.len());
             for line in &written {
                 *balance.entry(line.as_str()).or_default() += 1;
@@ -74,13 +81,19 @@ pub async fn count(sim: &Sim, sink: &LokiSink, containers: &[Key]) -> Exactness 
             let mut r = result.borrow_mut();
             r.written = written.len() as u64;
             r.received = entries.len() as u64;
-            r.lost = balance.values().filter(|&&b| b > 0).map(|&b| b as u64).sum();
-            r.duplicated = balance.values().filter(|&&b| b < 0).map(|&b| (-b) as u64).sum();
+            r.lost = balance
+                .values()
+                .filter(|&&b| b > 0)
+                .map(|&b| b as u64)
+                .sum();
+            r.duplicated = balance
+                .values()
+                .filter(|&&b| b < 0)
+                .map(|&b| (-b) as u64)
+                .sum();
             r.latencies = entries
                 .iter()
-                .map(|e| {
-                    (e.received_at.as_nanosecond() - e.timestamp.as_nanosecond()) as f64 / 1e9
-                })
+                .map(|e| (e.received_at.as_nanosecond() - e.timestamp.as_nanosecond()) as f64 / 1e9)
                 .collect();
             r.latencies.sort_by(f64::total_cmp);
             true

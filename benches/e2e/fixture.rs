@@ -72,6 +72,23 @@ pub fn add_pods(
     keys
 }
 
+/// Waits until `containers` wrote `lines` lines in all (at most `timeout`); false on timeout.
+pub async fn wait_written_total(
+    sim: &Sim,
+    containers: &[Key],
+    lines: u64,
+    timeout: Duration,
+) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while super::exact::written_total(sim, containers) < lines {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    true
+}
+
 /// Deletes every pod of `keys`: their containers stop writing and the relay's streams end
 /// after the last line, so what was written is final and can be compared.
 pub fn delete_pods(sim: &Sim, keys: &[Key]) {
@@ -91,8 +108,19 @@ pub fn report_exactness(report: &mut Report, scenario: &str, what: &str, e: &Exa
     } else {
         format!("{what}: ")
     };
-    report.info(scenario, &format!("{prefix}lines written"), e.written as f64, "lines");
-    report.at_most(scenario, &format!("{prefix}lines lost"), e.lost as f64, "lines", 0.0);
+    report.info(
+        scenario,
+        &format!("{prefix}lines written"),
+        e.written as f64,
+        "lines",
+    );
+    report.at_most(
+        scenario,
+        &format!("{prefix}lines lost"),
+        e.lost as f64,
+        "lines",
+        0.0,
+    );
     report.at_most(
         scenario,
         &format!("{prefix}lines duplicated"),

@@ -59,7 +59,12 @@ pub async fn fanout(report: &mut Report, scale: Scale) {
 
     report.info(name, "containers", n as f64, "");
     if delivering < n as usize {
-        report.info(name, "containers delivering before measuring", delivering as f64, "");
+        report.info(
+            name,
+            "containers delivering before measuring",
+            delivering as f64,
+            "",
+        );
     }
     report.info(name, "measured over", window.as_secs_f64(), "s");
     report.add(
@@ -110,7 +115,12 @@ pub async fn idle(report: &mut Report, scale: Scale) {
     if !opened {
         report.info(name, "streams not open after 300 s", 1.0, "");
     }
-    report.info(name, "relay RSS with 0 tailers", rss_empty as f64 / 1024.0, "MiB");
+    report.info(
+        name,
+        "relay RSS with 0 tailers",
+        rss_empty as f64 / 1024.0,
+        "MiB",
+    );
     report.info(name, "relay RSS with N tailers", rss as f64 / 1024.0, "MiB");
     report.at_most(
         name,

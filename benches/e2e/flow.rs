@@ -139,9 +139,21 @@ async fn run(report: &mut Report, flow: Flow) {
     report.info(name, "lines (100-byte text)", total as f64, "lines");
     if !arrived {
         // Costs per line of a run that did not deliver are not comparable: the run fails.
-        report.add(name, "delivered every line (stalled: nothing arrived for 60 s)", 0.0, "", Floor::AtLeast(1.0), "yes");
+        report.add(
+            name,
+            "delivered every line (stalled: nothing arrived for 60 s)",
+            0.0,
+            "",
+            Floor::AtLeast(1.0),
+            "yes",
+        );
     }
-    report.info(name, "lines per second delivered", total as f64 / elapsed, "lines/s");
+    report.info(
+        name,
+        "lines per second delivered",
+        total as f64 / elapsed,
+        "lines/s",
+    );
     let relay_per_million = cpu / millions;
     match flow.cpu_floor.filter(|_| arrived) {
         Some(floor) => report.at_most(
@@ -151,11 +163,21 @@ async fn run(report: &mut Report, flow: Flow) {
             "CPU-s",
             floor,
         ),
-        None => report.info(name, "relay CPU per million lines", relay_per_million, "CPU-s"),
+        None => report.info(
+            name,
+            "relay CPU per million lines",
+            relay_per_million,
+            "CPU-s",
+        ),
     }
     if let Some(p) = peer_cost {
         let peer_per_million = p.cpu / millions;
-        report.info(name, "kubectl CPU per million lines", peer_per_million, "CPU-s");
+        report.info(
+            name,
+            "kubectl CPU per million lines",
+            peer_per_million,
+            "CPU-s",
+        );
         if p.failed > 0 {
             report.info(name, "kubectl followers that failed", p.failed as f64, "");
         }

@@ -37,8 +37,12 @@ type Scenario = for<'a> fn(&'a mut Report, Scale) -> Pin<Box<dyn Future<Output =
 
 /// Every scenario, in the order a full run takes them; `true` when kubectl runs beside it.
 const SCENARIOS: &[(&str, bool, Scenario)] = &[
-    ("throughput", true, |r, s| Box::pin(flow::throughput(r, s, false))),
-    ("throughput_tls", false, |r, s| Box::pin(flow::throughput(r, s, true))),
+    ("throughput", true, |r, s| {
+        Box::pin(flow::throughput(r, s, false))
+    }),
+    ("throughput_tls", false, |r, s| {
+        Box::pin(flow::throughput(r, s, true))
+    }),
     ("steady", true, |r, s| Box::pin(flow::steady(r, s))),
     ("latency", false, |r, s| Box::pin(flow::latency(r, s))),
     ("fanout", false, |r, s| Box::pin(fleet::fanout(r, s))),
@@ -82,13 +86,24 @@ fn main() {
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
             eprintln!("== {name} failed: {why}");
-            report.add(name, "scenario completed", 0.0, "", Floor::AtLeast(1.0), "runs to the end");
+            report.add(
+                name,
+                "scenario completed",
+                0.0,
+                "",
+                Floor::AtLeast(1.0),
+                "runs to the end",
+            );
         }
     }
     if report.rows.is_empty() {
         eprintln!(
             "no scenario matches {filter:?}; scenarios: {}, or peer",
-            SCENARIOS.iter().map(|(n, ..)| *n).collect::<Vec<_>>().join(", ")
+            SCENARIOS
+                .iter()
+                .map(|(n, ..)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         std::process::exit(2);
     }
@@ -128,7 +143,10 @@ fn write_json(report: &Report, machine: &str, scale: Scale) {
         "rows": report.rows,
         "misses": report.misses(),
     });
-    match std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap_or_default()) {
+    match std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    ) {
         Ok(()) => println!("written: {}", path.display()),
         Err(e) => eprintln!("cannot write {}: {e}", path.display()),
     }

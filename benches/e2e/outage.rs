@@ -46,7 +46,12 @@ async fn run(report: &mut Report, scale: Scale, on_full: &str) {
     let keys = fixture::add_pods(&sim, "outage", 10, 2, RestartPolicy::Never, |c| {
         c.rate(1_000.0).line_size(200).total_lines(lines, 0)
     });
-    let deadline = down + Duration::from_secs(600);
+    // Compared once every line is written: until then "not received yet" is not "lost".
+    let total = lines * keys.len() as u64;
+    let written =
+        fixture::wait_written_total(&sim, &keys, total, down * 4 + Duration::from_secs(120)).await;
+    assert!(written, "the containers did not write {total} lines");
+    let deadline = Duration::from_secs(600);
     let good_exact = exact::settle(&sim, &good, &keys, deadline).await;
     let bad_exact = match on_full {
         // What was dropped stays dropped: wait only for what can still come.

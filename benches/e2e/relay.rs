@@ -44,7 +44,10 @@ impl Config {
             text += &format!("qps = {q}\nburst = {q}\n");
         }
         if let Some(ca) = &self.ca_file {
-            text += &format!("\n[kubernetes.tls_config]\nca_file = \"{}\"\n", ca.display());
+            text += &format!(
+                "\n[kubernetes.tls_config]\nca_file = \"{}\"\n",
+                ca.display()
+            );
         }
         text += &format!("\n[server]\nlisten = \"127.0.0.1:{port}\"\nlog_level = \"warn\"\n");
         for (name, url, extra) in &self.receivers {
