@@ -61,7 +61,7 @@ pub fn add_pods(
     let mut keys = Vec::new();
     for p in 0..pods {
         let name = format!("p-{p}");
-        let mut pod = PodSpec::new(ns, &name).restart_policy(restart.clone());
+        let mut pod = PodSpec::new(ns, &name).restart_policy(restart);
         for c in 0..per_pod {
             let c = format!("c{c}");
             pod = pod.container(container(ContainerSpec::new(&c)));
