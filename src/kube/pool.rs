@@ -49,6 +49,14 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long making one connection (TCP, proxy tunnel, TLS) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// HTTP/2 flow control: each stream may have this much unread data in flight, and the connection
+/// window is this times the streams it may carry. A tailer that stops reading (its receiver
+/// pushes back) then holds at most its own window and can never use up the connection's: the
+/// other streams on it, and the pod watch, keep flowing. (With hyper's defaults, 2 MiB per
+/// stream and 5 MiB per connection, three stalled streams starve every stream on the
+/// connection.) Per stream this is what a TCP receive buffer holds for an HTTP/1.1 stream.
+const STREAM_WINDOW: u32 = 256 * 1024;
+
 /// HTTP/2 keep-alive pings: a connection whose peer vanished without a word (a NAT or load
 /// balancer dropping it) fails within interval + timeout instead of hanging its streams.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -462,8 +470,17 @@ impl Shared {
             reason: error_chain(&e),
         };
         let sender = if h2 {
+            let streams = u32::try_from(self.max_streams).unwrap_or(u32::MAX);
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .adaptive_window(false)
+                .initial_stream_window_size(STREAM_WINDOW)
+                // h2 caps a window at 2³¹ − 1.
+                .initial_connection_window_size(
+                    STREAM_WINDOW
+                        .saturating_mul(streams.saturating_add(1))
+                        .min(i32::MAX as u32),
+                )
                 .keep_alive_interval(KEEPALIVE_INTERVAL)
                 .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                 // Until the server's SETTINGS say otherwise, assume one stream: the probe.

@@ -467,3 +467,71 @@ async fn every_tls_setting_reaches_the_api_server() {
         "{stats:?}"
     );
 }
+
+#[actix_rt::test]
+async fn streams_that_are_not_read_do_not_stall_the_others_on_their_connection() {
+    let (sim, _dir) = tls_sim(250, None).await;
+    // Five containers with 4 MB of log each, already written.
+    for p in 0..5 {
+        sim.add_pod(
+            PodSpec::new("big", format!("b-{p}"))
+                .restart_policy(RestartPolicy::Never)
+                .container(
+                    ContainerSpec::new("c")
+                        .rate(200_000.0)
+                        .line_size(200)
+                        .total_lines(20_000, 0),
+                ),
+        );
+    }
+    for p in 0..5 {
+        sim.wait_written("big", &format!("b-{p}"), "c", 20_000)
+            .await;
+    }
+    let ca = sim.tls_files().expect("files").ca.display().to_string();
+    let text = format!(
+        "[kubernetes]\napi_server = \"{}\"\n[kubernetes.tls_config]\nca_file = \"{ca}\"\n[stdout]\n",
+        sim.url()
+    );
+    let config = kube_log_relay::config::parse(&text, &|_| None).expect("valid");
+    let client = kube_log_relay::kube::build_client(&config.kubernetes)
+        .await
+        .expect("client");
+    let api = kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client, "big");
+    let params = kube::api::LogParams {
+        container: Some("c".into()),
+        follow: true,
+        ..Default::default()
+    };
+    // Four streams opened and never read: a tailer whose receiver pushes back.
+    let mut stalled = Vec::new();
+    for p in 0..4 {
+        stalled.push(
+            api.log_stream(&format!("b-{p}"), &params)
+                .await
+                .expect("open"),
+        );
+    }
+    // The fifth, on the same HTTP/2 connection, reads its whole log.
+    let read = async {
+        use futures::AsyncReadExt as _;
+        let mut body = Vec::new();
+        api.log_stream("b-4", &params)
+            .await
+            .expect("open")
+            .read_to_end(&mut body)
+            .await
+            .expect("read");
+        body
+    };
+    let body = tokio::time::timeout(support::DEADLINE, read)
+        .await
+        .expect("the fifth stream is not starved by the four unread ones");
+    assert_eq!(
+        body.iter().filter(|b| **b == b'\n').count(),
+        20_000,
+        "every line of the fifth stream"
+    );
+    assert_eq!(sim.stats().connections_open, 1, "{:?}", sim.stats());
+    drop(stalled);
+}
