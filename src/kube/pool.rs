@@ -209,11 +209,17 @@ struct Shared {
     state: Mutex<State>,
     /// Woken when a connection becomes usable, fails, or frees room.
     changed: Notify,
+    /// Set by a connection's task when it ends: the next `choose` drops it. Otherwise `choose`
+    /// looks for dead and idle connections at most once a second — with thousands of HTTP/1.1
+    /// connections, a look on every request was most of the relay's CPU.
+    deaths: Arc<AtomicBool>,
     next_id: AtomicU64,
 }
 
 #[derive(Default)]
 struct State {
+    /// When [`Shared::reap`] last ran.
+    reaped_at: Option<Instant>,
     conns: Vec<Entry>,
     /// Bumped when a connection attempt fails; waiters that saw an older value fail too, rather
     /// than each trying again in turn behind one another.
@@ -293,6 +299,7 @@ impl Pool {
             http1_only,
             state: Mutex::new(State::default()),
             changed: Notify::new(),
+            deaths: Arc::new(AtomicBool::new(false)),
             next_id: AtomicU64::new(1),
         });
         let weak = Arc::downgrade(&shared);
@@ -332,6 +339,7 @@ impl Shared {
 
     /// Drops dead connections and idle ones past [`IDLE_TIMEOUT`]; updates the gauge.
     fn reap(&self, state: &mut State, now: Instant) {
+        state.reaped_at = Some(now);
         let before = state.conns.len();
         state.conns.retain(|e| {
             if e.phase == Phase::Connecting {
@@ -374,7 +382,13 @@ impl Shared {
     /// `changed` enabled before the lock is released, so no wake-up is missed).
     fn choose(self: &Arc<Self>, changed: Pin<&mut tokio::sync::futures::Notified<'_>>) -> Choice {
         let mut state = self.lock();
-        self.reap(&mut state, Instant::now());
+        let now = Instant::now();
+        let due = state
+            .reaped_at
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
+        if self.deaths.swap(false, Ordering::Relaxed) || due {
+            self.reap(&mut state, now);
+        }
         let max = self.max_streams;
         if let Some(e) = state.conns.iter_mut().find(|e| {
             e.phase == Phase::Ready
@@ -500,17 +514,20 @@ impl Shared {
             tokio::spawn(Driven {
                 conn,
                 alive: alive.clone(),
+                deaths: self.deaths.clone(),
                 id,
             });
             Sender::H2(sender)
         } else {
             let (sender, conn) = http1::handshake(io).await.map_err(failed)?;
             let alive_flag = alive.clone();
+            let deaths = self.deaths.clone();
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(connection = id, error = %e, "API connection ended");
                 }
                 alive_flag.store(false, Ordering::Relaxed);
+                deaths.store(true, Ordering::Relaxed);
             });
             Sender::H1(sender)
         };
@@ -565,6 +582,8 @@ fn open_count(state: &State) -> usize {
 struct Driven<C> {
     conn: Arc<Mutex<C>>,
     alive: Arc<AtomicBool>,
+    /// The pool's "a connection ended" flag.
+    deaths: Arc<AtomicBool>,
     id: u64,
 }
 
@@ -587,6 +606,7 @@ where
                     tracing::debug!(connection = this.id, error = %e, "API connection ended");
                 }
                 this.alive.store(false, Ordering::Relaxed);
+                this.deaths.store(true, Ordering::Relaxed);
                 Poll::Ready(())
             }
         }
