@@ -225,6 +225,25 @@ pub fn push_logfmt_quoted(out: &mut String, value: &str) {
     out.push('"');
 }
 
+/// An error and its causes, outermost first, each said once: `a: b: c`. Many errors (ours and
+/// our dependencies') already end their message with their source's, which printing the whole
+/// chain would say a second time (`kubernetes client: X: X`), and others say little at the top
+/// (hyper-util's `client error (Connect)`): a cause whose text is already said is skipped, the
+/// others are appended.
+pub fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -133,29 +133,10 @@ fn runtime_result(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kube-log-relay: {}", causes(&e));
+            eprintln!("kube-log-relay: {}", logging::causes(e.as_ref()));
             ExitCode::from(2)
         }
     }
-}
-
-/// The error and its causes, outermost first, each said once: many errors of the relay (and of
-/// its dependencies) already end their message with their source's, which `{:#}` would then
-/// print a second time (`kubernetes client: X: X`). A cause whose text the message so far
-/// already holds is skipped.
-fn causes(error: &anyhow::Error) -> String {
-    let mut message = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if message.contains(&text) {
-            continue;
-        }
-        if !message.is_empty() {
-            message.push_str(": ");
-        }
-        message.push_str(&text);
-    }
-    message
 }
 
 #[cfg(test)]
@@ -194,10 +175,10 @@ mod tests {
             "what the chain says without deduplication"
         );
         assert_eq!(
-            causes(&repeated),
+            logging::causes(repeated.as_ref()),
             "kubernetes client: cannot read /ca.crt: no such file"
         );
         let terse = anyhow::Error::from(Terse(io()));
-        assert_eq!(causes(&terse), "positions: no such file");
+        assert_eq!(logging::causes(terse.as_ref()), "positions: no such file");
     }
 }

@@ -139,7 +139,7 @@ impl Connector {
         let connecting = https.call(uri.clone());
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(failed(with_tls_hint(error_chain(&*e)))),
+            Ok(Err(e)) => return Err(failed(with_tls_hint(crate::logging::causes(&*e)))),
             Err(_) => return Err(failed(format!("timed out after {CONNECT_TIMEOUT:?}"))),
         };
         if self.require_tls13
@@ -175,21 +175,6 @@ fn with_tls_hint(reason: String) -> String {
     } else {
         reason
     }
-}
-
-/// Every cause of an error, outermost first, each once.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// The pool: a tower service of `Request<kube::client::Body>`. Clones share the connections.
@@ -481,7 +466,7 @@ impl Shared {
         let io = stream;
         let failed = |e: hyper::Error| PoolError::Connect {
             uri: self.server.to_string(),
-            reason: error_chain(&e),
+            reason: crate::logging::causes(&e),
         };
         let sender = if h2 {
             let streams = u32::try_from(self.max_streams).unwrap_or(u32::MAX);

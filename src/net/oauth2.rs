@@ -353,7 +353,7 @@ impl TokenSource {
                 .http
                 .request(request)
                 .await
-                .map_err(|e| error_chain(&e))?;
+                .map_err(|e| crate::logging::causes(&e))?;
             let status = response.status().as_u16();
             let content_type = response
                 .headers()
@@ -515,21 +515,6 @@ fn parse_form(body: &[u8]) -> Vec<(String, String)> {
     form_urlencoded::parse(body)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
-}
-
-/// Every cause of an error, outermost first (hyper-util's top error says little).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 impl<S> tower::Layer<S> for TokenSource {

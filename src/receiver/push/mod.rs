@@ -183,7 +183,7 @@ impl PushClient {
             .client
             .request(request)
             .await
-            .map_err(|e| PushError::Transport(error_chain(&e)))?;
+            .map_err(|e| PushError::Transport(crate::logging::causes(&e)))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -216,18 +216,6 @@ impl PushClient {
             first_line,
         })
     }
-}
-
-/// hyper-util's errors say little at the top ("client error (Connect)"); the causes say why.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
