@@ -159,10 +159,12 @@ impl Relay {
         ));
 
         let receivers = start_receivers(&config)?;
-        let forwarder = Forwarder::new(receivers.clone()).start();
+        let forwarder = Forwarder::new(receivers.clone());
+        let fanout = forwarder.fanout();
+        let forwarder = forwarder.start();
         let registry = Registry::new(RegistryArgs {
             client: client.clone(),
-            forwarder: forwarder.clone().recipient(),
+            forwarder: fanout,
             config: Arc::new(config.tail.clone()),
             positions: positions.clone(),
         })

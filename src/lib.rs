@@ -31,7 +31,7 @@
 //! and [`chunk`] (the data that flows). Around the flow: [`kube`] (the API client), [`net`] (proxies, TLS and OAuth2 tokens
 //! shared by the API client and the receivers) and [`sim`] (the Kubernetes and Loki
 //! look-alike that tests, benchmarks and the demo run against). On top, the wiring: [`app`]
-//! builds the actor system and shuts it down in order, [`reload`] says what a new configuration
+//! builds the actor system and shuts it down in order on the napping main thread of [`runtime`], [`reload`] says what a new configuration
 //! changes, and [`server`] renders metrics and status pages (it never counts).
 #![forbid(unsafe_code)]
 
@@ -52,6 +52,7 @@ pub mod receiver;
 pub mod registry;
 pub mod reload;
 pub mod replica;
+pub mod runtime;
 pub mod server;
 pub mod sim;
 pub mod tail;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use kube_log_relay::{app, config, demo, logging, sim};
+use kube_log_relay::{app, config, demo, logging, runtime, sim};
 
 #[derive(Parser)]
 #[command(
@@ -70,7 +70,10 @@ fn main() -> ExitCode {
                 "info,kube_client=warn,kube_runtime=warn",
                 config::LogFormat::Logfmt,
             );
-            runtime_result(actix_rt::System::new().block_on(demo::run(&listen)))
+            match runtime::system() {
+                Ok(system) => runtime_result(system.block_on(demo::run(&listen))),
+                Err(e) => runtime_result(Err(e.into())),
+            }
         }
         Command::Sim {
             listen,
@@ -122,8 +125,12 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     logging::init(&config.server.log_level, config.server.log_format);
+    let system = match runtime::system() {
+        Ok(system) => system,
+        Err(e) => return runtime_result(Err(e.into())),
+    };
     runtime_result(
-        actix_rt::System::new()
+        system
             .block_on(app::run_until_signal(config, path))
             .map_err(anyhow::Error::from),
     )

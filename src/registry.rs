@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::config::TailConfig;
 use crate::cursor::TargetAcks;
-use crate::forward::Forward;
+use crate::forward::Fanout;
 use crate::positions::PositionsHandle;
 use crate::tail::backoff::Backoff;
 use crate::tail::status::{TailerSnapshot, TailerStatus, TargetState};
@@ -54,7 +54,7 @@ pub fn diff_targets(known: &BTreeMap<TargetId, Target>, incoming: &TargetSet) ->
 /// Everything a registry needs to start tailers.
 pub struct RegistryArgs {
     pub client: kube::Client,
-    pub forwarder: Recipient<Forward>,
+    pub forwarder: Fanout,
     pub config: Arc<TailConfig>,
     /// Stored positions: tailers resume from them and record acknowledged ones there.
     pub positions: PositionsHandle,

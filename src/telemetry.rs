@@ -436,8 +436,18 @@ pub fn request(receiver: &str, status: &str, duration: Duration, body_bytes: usi
 
 /// Time from read to acknowledgement of a chunk's entries.
 pub fn propagation_latency(receiver: &str, latency: Duration) {
-    histogram!("loki_write_entry_propagation_latency_seconds", "receiver" => receiver.to_string())
-        .record(latency.as_secs_f64());
+    propagation_latencies(receiver, [latency]);
+}
+
+/// The propagation latencies of a batch's chunks (one registry lookup for all of them).
+pub fn propagation_latencies(receiver: &str, latencies: impl IntoIterator<Item = Duration>) {
+    let histogram = histogram!(
+        "loki_write_entry_propagation_latency_seconds",
+        "receiver" => receiver.to_string()
+    );
+    for latency in latencies {
+        histogram.record(latency.as_secs_f64());
+    }
 }
 
 /// The positions store was written.

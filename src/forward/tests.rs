@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use actix::Actor as _;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
-use super::{Forward, Forwarder, Shutdown};
+use super::{Forward, Forwarder, SetReceivers, Shutdown};
 use crate::chunk::test_support::plain_chunk;
 use crate::chunk::{AckSender, Chunk};
 use crate::config::{LogFormat, LokiConfig, OnFull, StdoutConfig};
@@ -101,6 +101,52 @@ async fn two_receivers_each_get_every_line_once() {
         .await
         .unwrap();
     assert!(acked.try_recv().is_err(), "no chunk acknowledged twice");
+}
+
+#[actix::test]
+async fn a_fanout_pushes_into_the_queues_itself_and_follows_reloads_and_the_shutdown() {
+    let (a, b) = (
+        LokiSink::start("127.0.0.1:0").await.unwrap(),
+        LokiSink::start("127.0.0.1:0").await.unwrap(),
+    );
+    let ra = start_loki("a".into(), config(&a)).unwrap();
+    let rb = start_loki("b".into(), config(&b)).unwrap();
+    let forwarder = Forwarder::new(vec![ra.clone()]);
+    let fanout = forwarder.fanout();
+    let forwarder = forwarder.start();
+    let (ack, mut acked) = unbounded_channel();
+    let ack: AckSender = Arc::new(ack);
+    for seq in 0..5 {
+        assert!(fanout.send(chunk(seq, 3, None, &ack)).await);
+    }
+    assert_eq!(acks(&mut acked, 5).await, (0..5).collect::<Vec<_>>());
+    // A reload adds `b`: the next chunks go to both, and are acknowledged once both have them.
+    forwarder.send(SetReceivers(vec![ra, rb])).await.unwrap();
+    for seq in 5..10 {
+        assert!(fanout.send(chunk(seq, 3, None, &ack)).await);
+    }
+    assert_eq!(acks(&mut acked, 5).await, (5..10).collect::<Vec<_>>());
+    assert_eq!(counts(&a.entries()), expected(0..10, 3));
+    assert_eq!(counts(&b.entries()), expected(5..10, 3));
+    // After the shutdown a chunk is dropped unfinished: read again after the restart.
+    forwarder
+        .send(Shutdown {
+            deadline: Instant::now() + WAIT,
+        })
+        .await
+        .unwrap();
+    assert!(fanout.send(chunk(10, 3, None, &ack)).await);
+    assert!(
+        acked.try_recv().is_err(),
+        "nothing acknowledged after the shutdown"
+    );
+    // The forwarder gone: the fanout says so.
+    drop(forwarder);
+    let deadline = Instant::now() + WAIT;
+    while fanout.send(chunk(11, 1, None, &ack)).await {
+        assert!(Instant::now() < deadline, "the forwarder never stopped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[actix::test]

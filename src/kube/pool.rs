@@ -40,7 +40,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kube::client::Body;
 use tokio::sync::Notify;
 
-use crate::net::proxy::{Route, RouteStream};
+use crate::net::proxy::{PacedRoute, Route, RouteStream};
 use crate::telemetry;
 
 /// A connection without open requests for this long is closed.
@@ -93,7 +93,7 @@ pub struct ConnectionStats {
 /// How the pool reaches the API server: TCP (direct or through a proxy) and TLS.
 #[derive(Clone)]
 pub struct Connector {
-    https: hyper_rustls::HttpsConnector<Route>,
+    https: hyper_rustls::HttpsConnector<PacedRoute>,
     http2: bool,
     require_tls13: bool,
 }
@@ -118,9 +118,11 @@ impl Connector {
             None => builder,
         };
         let https = if enable_http2 {
-            builder.enable_all_versions().wrap_connector(route)
+            builder
+                .enable_all_versions()
+                .wrap_connector(PacedRoute(route))
         } else {
-            builder.enable_http1().wrap_connector(route)
+            builder.enable_http1().wrap_connector(PacedRoute(route))
         };
         Connector {
             https,

@@ -22,6 +22,7 @@ use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::TokioIo;
 
+use super::pace::Paced;
 use crate::config::{ProxyConfig, ProxyMode};
 
 /// What a proxy setting does not allow building a route from.
@@ -147,15 +148,44 @@ impl tower::Service<http::Uri> for Route {
     }
 }
 
+/// A [`Route`] whose connections are read with pacing ([`Paced`]): the API server's, where
+/// followed logs trickle in.
+#[derive(Clone)]
+pub struct PacedRoute(pub Route);
+
+impl tower::Service<http::Uri> for PacedRoute {
+    type Response = RouteStream;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<RouteStream, BoxError>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, dst: http::Uri) -> Self::Future {
+        let connecting = self.0.call(dst);
+        Box::pin(async move { Ok(connecting.await?.paced()) })
+    }
+}
+
 /// A TCP connection made by a [`Route`]; `proxied` tells hyper to send absolute-form requests.
 pub struct RouteStream {
-    io: TokioIo<tokio::net::TcpStream>,
+    io: TokioIo<Paced<tokio::net::TcpStream>>,
     proxied: bool,
 }
 
 impl RouteStream {
     fn new(io: TokioIo<tokio::net::TcpStream>, proxied: bool) -> RouteStream {
-        RouteStream { io, proxied }
+        RouteStream {
+            io: TokioIo::new(Paced::new(io.into_inner())),
+            proxied,
+        }
+    }
+
+    /// Paces the reads of this connection ([`Paced`]): for the API server's followed logs.
+    pub fn paced(mut self) -> RouteStream {
+        self.io.inner_mut().enable();
+        self
     }
 }
 

@@ -156,6 +156,15 @@ impl Batcher {
             .min()
     }
 
+    /// Bytes the fullest open batch can take before it closes; `None` with no open batch.
+    pub fn room(&self) -> Option<usize> {
+        self.tenants
+            .iter()
+            .filter_map(|t| t.open.as_ref())
+            .map(|b| self.batch_size.saturating_sub(b.bytes).max(1))
+            .min()
+    }
+
     /// Takes the closed batches that may be sent now — the oldest of each tenant with nothing
     /// in flight — and marks those tenants in flight.
     pub fn take_sendable(&mut self) -> Vec<Batch> {
@@ -230,6 +239,20 @@ mod tests {
         b.done(None);
         b.add(item(None, 100, 3), t0);
         assert_eq!(seqs(&b.take_sendable()[0]), vec![3]);
+    }
+
+    #[test]
+    fn room_is_what_the_fullest_open_batch_can_take() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(100, Duration::from_secs(1), None);
+        assert_eq!(b.room(), None, "no open batch");
+        b.add(item(None, 30, 1), t0);
+        b.add(item(Some("t"), 60, 2), t0);
+        assert_eq!(b.room(), Some(40));
+        b.add(item(Some("t"), 40, 3), t0);
+        assert_eq!(b.room(), Some(70), "the full batch closed");
+        b.close_all();
+        assert_eq!(b.room(), None);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use self::batch::{Batch, Batcher};
 use self::encode::encode;
 use self::limits::Limits;
 use self::push::{ClientError, PushClient};
-use self::queue::{QueueReceiver, QueueSender, QueueStats, QueuedChunk};
+use self::queue::{QueueReceiver, QueueSender, QueueStats, QueueTaker, QueuedChunk};
 use self::retry::{Outcome, RetryDecision, RetryPolicy};
 use crate::chunk::Chunk;
 use crate::config::{LokiConfig, OnFull, StdoutConfig};
@@ -280,6 +280,8 @@ struct LokiReceiver {
     shared: Arc<Shared>,
     batcher: Batcher,
     queue: QueueStats,
+    /// Takes queued chunks when a timer fires; says when the queue should wake the actor.
+    inbox: QueueTaker,
     /// The batch-wait timer and when it fires.
     expiry: Option<(Instant, SpawnHandle)>,
     /// Shutting down: send batches without waiting for `batch_wait`.
@@ -314,7 +316,8 @@ impl LokiReceiver {
         rx: QueueReceiver,
         ctx: &mut Context<Self>,
     ) -> LokiReceiver {
-        ctx.add_stream(rx.into_stream());
+        let inbox = rx.taker();
+        ctx.add_stream(rx.into_batches());
         LokiReceiver {
             batcher: Batcher::new(
                 config.batch_size,
@@ -329,6 +332,7 @@ impl LokiReceiver {
                 external_labels: config.external_labels,
             }),
             queue,
+            inbox,
             expiry: None,
             flushing: false,
             input_ended: false,
@@ -340,8 +344,12 @@ impl LokiReceiver {
         }
     }
 
-    /// Closes what is due, sends what may be sent, and arms the timer for the next expiry.
+    /// Batches what was queued, closes what is due, sends what may be sent, arms the timer for
+    /// the next expiry, and tells the queue when to wake the actor again: at the first chunk
+    /// while no batch is open (its clock starts), else when the fullest open batch would fill.
+    /// Anything queued below that is taken when the timer fires.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        self.batch(self.inbox.take());
         let now = Instant::now();
         if self.flushing {
             self.batcher.close_idle();
@@ -369,8 +377,21 @@ impl LokiReceiver {
             });
             self.expiry = Some((at, handle));
         }
+        let wake_at = match self.batcher.room() {
+            Some(room) if !self.flushing => room,
+            _ => 0,
+        };
+        self.inbox.wake_at(wake_at);
         if self.input_ended && self.batcher.is_empty() {
             ctx.stop();
+        }
+    }
+
+    /// Adds taken chunks to their batches, each aged from when it was queued.
+    fn batch(&mut self, items: Vec<QueuedChunk>) {
+        for item in items {
+            let queued_at = item.queued_at;
+            self.batcher.add(item, queued_at);
         }
     }
 
@@ -385,9 +406,10 @@ impl LokiReceiver {
                 telemetry::sent(name, sent.entries, sent.bytes);
                 self.sent_entries += sent.entries;
                 self.last_success = Some(jiff::Timestamp::now());
-                for item in &batch.chunks {
-                    telemetry::propagation_latency(name, item.chunk.read_at.elapsed());
-                }
+                telemetry::propagation_latencies(
+                    name,
+                    batch.chunks.iter().map(|item| item.chunk.read_at.elapsed()),
+                );
             }
             BatchEnd::Dropped { reason, detail } => {
                 telemetry::dropped(name, reason, sent.entries, sent.bytes);
@@ -509,9 +531,9 @@ async fn send(shared: Arc<Shared>, batch: Batch, addr: Addr<LokiReceiver>) -> Ba
     BatchDone { batch, end, built }
 }
 
-impl StreamHandler<QueuedChunk> for LokiReceiver {
-    fn handle(&mut self, item: QueuedChunk, ctx: &mut Context<Self>) {
-        self.batcher.add(item, Instant::now());
+impl StreamHandler<Vec<QueuedChunk>> for LokiReceiver {
+    fn handle(&mut self, items: Vec<QueuedChunk>, ctx: &mut Context<Self>) {
+        self.batch(items);
         self.dispatch(ctx);
     }
 

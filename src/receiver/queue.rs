@@ -11,18 +11,28 @@
 //! most the whole buffer (a chunk larger than the buffer waits for an empty queue rather than
 //! forever).
 //!
+//! Handing a chunk over does not wake the receiver each time: that cross-thread wake-up (an
+//! `eventfd` write, a context switch) cost more than everything else a small chunk does. The
+//! receiver says how many queued bytes it wants to be woken for ([`QueueTaker::wake_at`]): 0
+//! while it has no open batch (the first chunk starts its `batch_wait` clock), else the room
+//! left in its fullest open batch, so a full batch still leaves at once; what arrives below
+//! that is taken when its batch-wait timer fires ([`QueueTaker::take`]). A batch's age counts
+//! from when its first chunk was queued, not from when the receiver took it.
+//!
 //! [`QueueSender::close`] stops accepting: later pushes, and pushes still waiting for room,
 //! return without finishing their chunk, so it is not acknowledged and is read again after a
 //! restart (SPEC §4.4).
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use futures::task::AtomicWaker;
+// Tokio's clock: batch ages start at `queued_at`, and tests drive them under paused time.
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::time::Instant;
 
 use crate::chunk::Chunk;
 use crate::config::OnFull;
@@ -36,7 +46,6 @@ pub fn channel(
 ) -> (QueueSender, QueueReceiver) {
     // The semaphore counts in u32 batches; 4 GiB of buffer is far beyond any sane setting.
     let capacity = buffer_size.clamp(1, u32::MAX as usize);
-    let (tx, rx) = unbounded_channel();
     let shared = Arc::new(Shared {
         name,
         capacity,
@@ -47,13 +56,14 @@ pub fn channel(
         dropped_entries: AtomicU64::new(0),
         idle: Notify::new(),
         retired: AtomicBool::new(false),
+        inbox: Inbox::default(),
     });
     (
-        QueueSender {
-            shared: shared.clone(),
-            tx,
+        QueueSender::new(shared.clone()),
+        QueueReceiver {
+            shared,
+            taken: VecDeque::new(),
         },
-        QueueReceiver { shared, rx },
     )
 }
 
@@ -71,6 +81,61 @@ struct Shared {
     /// The receiver was removed by a reload: a chunk it lets go unfinished is finished as
     /// dropped (`receiver_removed`), so the targets' positions are not held back by it.
     retired: AtomicBool,
+    /// Chunks queued and not yet taken by the receiver.
+    inbox: Inbox,
+}
+
+/// The hand-over between the senders and the receiver (a bounded channel would wake the
+/// receiver for every chunk; see the module's header).
+#[derive(Default)]
+struct Inbox {
+    state: Mutex<InboxState>,
+    waker: AtomicWaker,
+    /// Live [`QueueSender`]s (pushes in progress hold one): at 0 the receiver's input ended.
+    senders: AtomicUsize,
+}
+
+#[derive(Default)]
+struct InboxState {
+    chunks: Vec<QueuedChunk>,
+    /// The queue cost of `chunks`.
+    bytes: usize,
+    /// Wake the receiver once `bytes` reaches this (0: at the first chunk).
+    wake_at: usize,
+    /// The receiver is gone: chunks are dropped (unfinished) instead of kept.
+    closed: bool,
+}
+
+impl Inbox {
+    fn lock(&self) -> MutexGuard<'_, InboxState> {
+        // The state is consistent between statements: a panic elsewhere cannot break it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands a chunk over, waking the receiver if it asked to be woken for this much.
+    fn put(&self, item: QueuedChunk, cost: usize) {
+        let mut state = self.lock();
+        if state.closed {
+            // The receiver is gone (stopped): dropped unfinished, as on shutdown.
+            drop(state);
+            drop(item);
+            return;
+        }
+        state.chunks.push(item);
+        state.bytes += cost;
+        let wake = state.bytes >= state.wake_at;
+        drop(state);
+        if wake {
+            self.waker.wake();
+        }
+    }
+
+    /// Everything handed over so far.
+    fn take(&self) -> Vec<QueuedChunk> {
+        let mut state = self.lock();
+        state.bytes = 0;
+        std::mem::take(&mut state.chunks)
+    }
 }
 
 impl Shared {
@@ -88,20 +153,38 @@ impl Shared {
     }
 }
 
-/// The forwarder's end of a queue; cheap to clone.
-#[derive(Clone)]
+/// The forwarder's end of a queue; cheap to clone. The receiver's input ends when the last
+/// clone is dropped (pushes in progress hold one).
 pub struct QueueSender {
     shared: Arc<Shared>,
-    tx: UnboundedSender<QueuedChunk>,
+}
+
+impl Clone for QueueSender {
+    fn clone(&self) -> QueueSender {
+        QueueSender::new(self.shared.clone())
+    }
+}
+
+impl Drop for QueueSender {
+    fn drop(&mut self) {
+        if self.shared.inbox.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.inbox.waker.wake();
+        }
+    }
 }
 
 impl QueueSender {
+    fn new(shared: Arc<Shared>) -> QueueSender {
+        shared.inbox.senders.fetch_add(1, Ordering::AcqRel);
+        QueueSender { shared }
+    }
+
     /// Queues a chunk. The future resolves once the chunk is queued, dropped (`on_full =
     /// "drop"`, finished and counted) or refused because the queue is closed (not finished).
     /// It holds no borrow of `self`, so the forwarder can await many at once.
     pub fn push(&self, chunk: Arc<Chunk>) -> impl Future<Output = ()> + Send + 'static {
+        let sender = self.clone();
         let shared = self.shared.clone();
-        let tx = self.tx.clone();
         let cost = cost(&chunk, shared.capacity);
         // Decide at once for `drop`: a dropping receiver never makes the forwarder wait.
         let immediate = match shared.on_full {
@@ -153,8 +236,8 @@ impl QueueSender {
                 queued_at: Instant::now(),
                 finished: AtomicBool::new(false),
             };
-            // The receiver is gone (stopped): the chunk is dropped unfinished, as on shutdown.
-            let _ = tx.send(queued);
+            shared.inbox.put(queued, cost as usize);
+            drop(sender);
         }
     }
 
@@ -235,21 +318,21 @@ fn cost(chunk: &Chunk, capacity: usize) -> u32 {
     chunk.bytes.clamp(1, capacity) as u32
 }
 
-/// The receiver's end of a queue.
+/// The receiver's end of a queue. Dropping it drops (unfinished) what is still queued.
 pub struct QueueReceiver {
     shared: Arc<Shared>,
-    rx: UnboundedReceiver<QueuedChunk>,
+    /// Taken and not yet returned by [`QueueReceiver::recv`].
+    taken: VecDeque<QueuedChunk>,
 }
 
 impl QueueReceiver {
-    /// The next queued chunk; `None` once every sender is gone.
+    /// The next queued chunk; `None` once every sender is gone and everything was taken.
     pub async fn recv(&mut self) -> Option<QueuedChunk> {
-        self.rx.recv().await
-    }
-
-    /// Polls for the next queued chunk (for use as a stream).
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<QueuedChunk>> {
-        self.rx.poll_recv(cx)
+        if self.taken.is_empty() {
+            let taken = futures::future::poll_fn(|cx| poll_take(&self.shared, cx)).await?;
+            self.taken.extend(taken);
+        }
+        self.taken.pop_front()
     }
 
     /// Bytes held by queued, batched and in-flight chunks.
@@ -262,9 +345,82 @@ impl QueueReceiver {
         &self.shared.name
     }
 
-    /// The chunks as a stream, for an actor's `add_stream`.
-    pub fn into_stream(mut self) -> impl futures::Stream<Item = QueuedChunk> + Unpin {
-        futures::stream::poll_fn(move |cx| self.poll_recv(cx))
+    /// A handle to take chunks outside the stream and to say when to be woken.
+    pub fn taker(&self) -> QueueTaker {
+        QueueTaker {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// What was queued, as a stream of hand-overs for an actor's `add_stream`: each item is
+    /// every chunk queued since the last one, yielded once they reach the receiver's
+    /// [`QueueTaker::wake_at`] (or the input ended); the stream ends once every sender is gone.
+    pub fn into_batches(self) -> impl futures::Stream<Item = Vec<QueuedChunk>> + Unpin {
+        futures::stream::poll_fn(move |cx| poll_take(&self.shared, cx))
+    }
+
+    /// The chunks one by one, each waking the receiver (the `[stdout]` printer).
+    pub fn into_stream(self) -> impl futures::Stream<Item = QueuedChunk> + Unpin {
+        use futures::StreamExt;
+        self.into_batches().flat_map(futures::stream::iter)
+    }
+}
+
+impl Drop for QueueReceiver {
+    fn drop(&mut self) {
+        let orphans = {
+            let mut state = self.shared.inbox.lock();
+            state.closed = true;
+            state.bytes = 0;
+            std::mem::take(&mut state.chunks)
+        };
+        // Dropped outside the lock: a retired queue's chunks are released (finished) on drop.
+        drop(orphans);
+    }
+}
+
+/// Takes what is queued when the receiver is woken (or when it wants it), or `None` once every
+/// sender is gone and nothing is left.
+fn poll_take(shared: &Shared, cx: &mut Context<'_>) -> Poll<Option<Vec<QueuedChunk>>> {
+    let inbox = &shared.inbox;
+    inbox.waker.register(cx.waker());
+    // Read before the chunks: a sender's last push happens before its drop.
+    let ended = inbox.senders.load(Ordering::Acquire) == 0;
+    let mut state = inbox.lock();
+    if !state.chunks.is_empty() && (ended || state.bytes >= state.wake_at) {
+        state.bytes = 0;
+        return Poll::Ready(Some(std::mem::take(&mut state.chunks)));
+    }
+    if ended && state.chunks.is_empty() {
+        return Poll::Ready(None);
+    }
+    Poll::Pending
+}
+
+/// The receiver actor's hold on its queue besides the stream: taking what is queued when a
+/// timer fires, and saying how much must be queued before the stream wakes it.
+#[derive(Clone)]
+pub struct QueueTaker {
+    shared: Arc<Shared>,
+}
+
+impl QueueTaker {
+    /// Everything queued and not yet taken, whatever its size.
+    pub fn take(&self) -> Vec<QueuedChunk> {
+        self.shared.inbox.take()
+    }
+
+    /// Wake the receiver (its stream yields) once this many bytes are queued and not taken;
+    /// 0 wakes it at the next chunk. Already reached: it is woken now.
+    pub fn wake_at(&self, bytes: usize) {
+        let inbox = &self.shared.inbox;
+        let mut state = inbox.lock();
+        state.wake_at = bytes;
+        let wake = !state.chunks.is_empty() && state.bytes >= bytes;
+        drop(state);
+        if wake {
+            inbox.waker.wake();
+        }
     }
 }
 
@@ -402,5 +558,78 @@ mod tests {
         drop(held);
         assert!(waiter.await.unwrap());
         assert_eq!(tx.queued_bytes(), 0);
+    }
+
+    /// Counts the wake-ups of the task polling the queue.
+    struct CountWakes(AtomicUsize);
+
+    impl futures::task::ArcWake for CountWakes {
+        fn wake_by_ref(arc_self: &Arc<Self>) {
+            arc_self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_receiver_is_woken_only_once_its_threshold_is_queued() {
+        use futures::StreamExt;
+        let (tx, rx) = channel("r".into(), 100, OnFull::Block);
+        let taker = rx.taker();
+        let mut batches = rx.into_batches();
+        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+        let waker = futures::task::waker(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut poll = || batches.poll_next_unpin(&mut cx).map(|b| b.map(|b| b.len()));
+
+        // Nothing queued, no threshold: the first chunk wakes.
+        assert_eq!(poll(), Poll::Pending);
+        tx.push(chunk_of(&["ab"], 1, None)).await;
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert_eq!(poll(), Poll::Ready(Some(1)));
+
+        // A batch is open with 10 bytes of room: 4 + 5 bytes do not wake, the 10th does.
+        taker.wake_at(10);
+        assert_eq!(poll(), Poll::Pending);
+        tx.push(chunk_of(&["abcd"], 2, None)).await;
+        tx.push(chunk_of(&["abcde"], 3, None)).await;
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "below the threshold");
+        assert_eq!(poll(), Poll::Pending);
+        tx.push(chunk_of(&["a"], 4, None)).await;
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
+        assert_eq!(poll(), Poll::Ready(Some(3)));
+
+        // Below the threshold, a timer takes what is there; lowering it to what is queued wakes.
+        tx.push(chunk_of(&["abc"], 5, None)).await;
+        let taken: Vec<u64> = taker.take().iter().map(|q| q.chunk.seq).collect();
+        assert_eq!(taken, [5]);
+        tx.push(chunk_of(&["abc"], 6, None)).await;
+        assert_eq!(poll(), Poll::Pending);
+        let before = wakes.0.load(Ordering::SeqCst);
+        taker.wake_at(0);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), before + 1);
+        assert_eq!(poll(), Poll::Ready(Some(1)));
+
+        // The last sender gone: what is left comes out whatever the threshold, then the end.
+        taker.wake_at(50);
+        assert_eq!(poll(), Poll::Pending);
+        tx.push(chunk_of(&["x"], 7, None)).await;
+        drop(tx);
+        assert_eq!(poll(), Poll::Ready(Some(1)));
+        assert_eq!(poll(), Poll::Ready(None));
+    }
+
+    #[tokio::test]
+    async fn chunks_queued_for_a_receiver_that_is_gone_free_their_room() {
+        let (tx, rx) = channel("r".into(), 10, OnFull::Block);
+        rx.taker().wake_at(100);
+        tx.push(chunk_of(&["1234"], 1, None)).await;
+        assert_eq!(tx.queued_bytes(), 4);
+        drop(rx);
+        assert_eq!(
+            tx.queued_bytes(),
+            0,
+            "queued chunks dropped with the receiver"
+        );
+        tx.push(chunk_of(&["1234"], 2, None)).await;
+        assert_eq!(tx.queued_bytes(), 0, "later pushes dropped at once");
     }
 }

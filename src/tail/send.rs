@@ -7,7 +7,6 @@ use jiff::Timestamp;
 use super::stream::Shell;
 use crate::chunk::{AckSender, Chunk};
 use crate::cursor::Position;
-use crate::forward::Forward;
 use crate::telemetry;
 
 impl Shell {
@@ -48,6 +47,6 @@ impl Shell {
             s.cursor_skip = position.cursor.skip;
             s.container_id = position.container_id.as_deref().map(str::to_string);
         });
-        self.args.forwarder.send(Forward(chunk)).await.is_ok()
+        self.args.forwarder.send(chunk).await
     }
 }

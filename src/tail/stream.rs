@@ -22,8 +22,8 @@
 //! acknowledged position in the positions table and the status, even after this loop ended.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix::Recipient;
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::io::{AsyncBufRead, AsyncBufReadExt};
@@ -41,12 +41,25 @@ use super::request::{self, Read};
 use super::status::{TailerStatus, TargetState};
 use crate::config::model::TailConfig;
 use crate::cursor::{Cursor, Position, ReadCursor, TargetAcks};
-use crate::forward::Forward;
+use crate::forward::Fanout;
 use crate::target::{Target, TargetId};
 use crate::telemetry;
 
 /// Room for `<RFC3339Nano> ` before a line's text, so `max_line_size` limits the text itself.
 const TIMESTAMP_ROOM: usize = 64;
+
+/// A busy stream (one that sent a chunk less than this ago) gathers its lines into one chunk
+/// for up to this long, rather than sending a chunk for every few lines the connection hands
+/// over: each chunk costs a message, a queue hand-over and an acknowledgement, whatever its
+/// size. A quiet stream's line is sent at once.
+pub(crate) const LINGER: Duration = Duration::from_millis(100);
+
+/// What waiting for a stream's next bytes ended with.
+enum Waited {
+    Bytes(std::io::Result<Option<Bytes>>),
+    /// The linger deadline passed: send what was gathered.
+    Linger,
+}
 
 /// Everything the read loop needs; built by the actor.
 pub(crate) struct ReadLoop {
@@ -59,7 +72,7 @@ pub(crate) struct ReadLoop {
     /// The API client; a reload may replace it, and the open stream is then reopened with the
     /// new one from the cursor (like a `max_stream_lifetime` rotation: nothing lost or repeated).
     pub client: watch::Receiver<kube::Client>,
-    pub forwarder: Recipient<Forward>,
+    pub forwarder: Fanout,
     pub config: Arc<TailConfig>,
     pub status: Arc<TailerStatus>,
     /// Where to resume (a stored position); `None` starts per `start_from`.
@@ -210,6 +223,8 @@ impl Shell {
         let mut splitter = LineSplitter::new(config.max_line_size.saturating_add(TIMESTAMP_ROOM));
         let mut lines = Vec::new();
         let mut delivered = 0u64;
+        // When the last chunk was sent: a stream that sent one less than LINGER ago is busy.
+        let mut last_sent: Option<Instant> = None;
         self.pending.new_stream();
         loop {
             let next = match next_bytes(reader).now_or_never() {
@@ -219,12 +234,27 @@ impl Shell {
                     None => r,
                 },
                 None => {
-                    // Nothing more ready: send what we have before waiting.
-                    if !self.flush().await {
-                        return self.step(Event::ForwarderGone);
+                    // Nothing more ready: send what we have before waiting, unless the stream
+                    // is busy and may gather more for a moment.
+                    let now = Instant::now();
+                    let linger = last_sent
+                        .map(|t| t + LINGER)
+                        .filter(|&until| until > now && !self.pending.entries.is_empty());
+                    if linger.is_none() {
+                        if !self.flush().await {
+                            return self.step(Event::ForwarderGone);
+                        }
+                        last_sent = Some(now);
                     }
-                    match self.wait_bytes(reader).await {
-                        Ok(r) => r,
+                    match self.wait_bytes(reader, linger).await {
+                        Ok(Waited::Bytes(r)) => r,
+                        Ok(Waited::Linger) => {
+                            if !self.flush().await {
+                                return self.step(Event::ForwarderGone);
+                            }
+                            last_sent = Some(Instant::now());
+                            continue;
+                        }
                         Err(action) => return action,
                     }
                 }
@@ -259,8 +289,11 @@ impl Shell {
             splitter.push(bytes, &mut |l| lines.push(l));
             for l in lines.drain(..) {
                 delivered += u64::from(self.pending.line(l, &mut self.cursor, &config));
-                if self.pending.full(config.chunk_lines) && !self.flush().await {
-                    return self.step(Event::ForwarderGone);
+                if self.pending.full(config.chunk_lines) {
+                    if !self.flush().await {
+                        return self.step(Event::ForwarderGone);
+                    }
+                    last_sent = Some(Instant::now());
                 }
             }
         }
@@ -299,11 +332,13 @@ impl Shell {
         }
     }
 
-    /// Waits for the next bytes; deadlines, drain and client changes meanwhile.
+    /// Waits for the next bytes, or until `linger` passed; deadlines, drain and client changes
+    /// meanwhile.
     async fn wait_bytes<R: AsyncBufRead + Unpin>(
         &mut self,
         reader: &mut R,
-    ) -> Result<std::io::Result<Option<Bytes>>, Action> {
+        linger: Option<Instant>,
+    ) -> Result<Waited, Action> {
         loop {
             let deadline = self.machine.deadline();
             let draining = self.machine.draining();
@@ -317,7 +352,8 @@ impl Shell {
                 },
                 Ok(()) = self.args.client.changed() => Event::ClientChanged,
                 _ = sleep_until(deadline) => Event::DeadlinePassed,
-                r = next_bytes(reader) => return Ok(r),
+                _ = sleep_until(linger), if linger.is_some() => return Ok(Waited::Linger),
+                r = next_bytes(reader) => return Ok(Waited::Bytes(r)),
             };
             if let Some(action) = self.react(event).await {
                 return Err(action);
@@ -373,6 +409,8 @@ mod tests {
 
     use actix::prelude::*;
 
+    use crate::forward::Forward;
+
     use crate::target::{Labels, Stream};
 
     #[tokio::test]
@@ -404,10 +442,35 @@ mod tests {
         }
     }
 
+    /// Forwarder stand-in: records each chunk's line count and acknowledges it at once.
+    struct Sizes(Arc<Mutex<Vec<usize>>>);
+
+    impl Actor for Sizes {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Forward> for Sizes {
+        type Result = ();
+
+        fn handle(&mut self, Forward(chunk): Forward, _: &mut Context<Self>) {
+            self.0.lock().unwrap().push(chunk.entries.len());
+            chunk.expect_finishers(1);
+            chunk.finish();
+        }
+    }
+
     /// A shell as the actor builds it, with its drain and client senders.
     fn shell(
         config: TailConfig,
         forwarded: Arc<Mutex<usize>>,
+    ) -> (Shell, watch::Sender<bool>, watch::Sender<kube::Client>) {
+        shell_to(config, Count(forwarded).start().recipient().into())
+    }
+
+    /// A shell sending its chunks to `forwarder`.
+    fn shell_to(
+        config: TailConfig,
+        forwarder: Fanout,
     ) -> (Shell, watch::Sender<bool>, watch::Sender<kube::Client>) {
         let id = TargetId {
             namespace: "ns".into(),
@@ -451,7 +514,7 @@ mod tests {
                 target,
                 drain,
                 client,
-                forwarder: Count(forwarded).start().recipient(),
+                forwarder,
                 config,
                 status,
                 start: None,
@@ -540,5 +603,72 @@ mod tests {
             }
         );
         assert!(*forwarded.lock().unwrap() < LINES, "reopened mid-backlog");
+    }
+
+    /// Lets every task on this thread run until it waits (paused time: timers do not fire).
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_busy_stream_gathers_its_lines_and_a_quiet_one_sends_each_at_once() {
+        use futures::TryStreamExt;
+        tokio::time::pause();
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let (mut shell, _drain, _client) = shell_to(
+            TailConfig::default(),
+            Sizes(sizes.clone()).start().recipient().into(),
+        );
+        let (tx, rx) = futures::channel::mpsc::unbounded::<std::io::Result<Bytes>>();
+        let line = |i: u32| {
+            Ok(Bytes::from(format!(
+                "2024-05-01T10:00:00.{i:09}Z line {i}\n"
+            )))
+        };
+        let pump = actix_rt::spawn(async move {
+            let mut reader = rx.into_async_read();
+            shell.step(Event::Started {
+                first: Read::Follow,
+            });
+            shell.step(Event::Opened);
+            shell.pump(&mut reader, Read::Follow).await
+        });
+        let sent = || sizes.lock().unwrap().clone();
+
+        // A quiet stream: its line goes at once.
+        tx.unbounded_send(line(1)).unwrap();
+        settle().await;
+        assert_eq!(sent(), [1]);
+        // Busy now (it sent a chunk 10 ms ago): lines gather until LINGER after that chunk.
+        for i in 2..=4 {
+            tokio::time::advance(Duration::from_millis(10)).await;
+            tx.unbounded_send(line(i)).unwrap();
+            settle().await;
+        }
+        assert_eq!(sent(), [1], "gathering");
+        tokio::time::advance(LINGER).await;
+        settle().await;
+        assert_eq!(sent(), [1, 3], "sent together once the linger passed");
+        // Quiet again a second later: at once.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        tx.unbounded_send(line(5)).unwrap();
+        settle().await;
+        assert_eq!(sent(), [1, 3, 1]);
+        // A stream that ends sends what it gathered.
+        tokio::time::advance(Duration::from_millis(10)).await;
+        tx.unbounded_send(line(6)).unwrap();
+        settle().await;
+        drop(tx);
+        let action = pump.await.unwrap();
+        assert!(
+            matches!(
+                action,
+                Action::Decide { .. } | Action::Open { .. } | Action::Sleep { .. }
+            ),
+            "{action:?}"
+        );
+        assert_eq!(sent(), [1, 3, 1, 1]);
     }
 }

@@ -19,14 +19,14 @@ use super::stream::ReadLoop;
 use crate::config::model::TailConfig;
 use crate::cursor::Position;
 use crate::cursor::TargetAcks;
-use crate::forward::Forward;
+use crate::forward::Fanout;
 use crate::target::{Target, TargetId};
 
 /// Everything a tailer needs.
 pub struct TailerArgs {
     pub target: Target,
     pub client: kube::Client,
-    pub forwarder: Recipient<Forward>,
+    pub forwarder: Fanout,
     pub config: Arc<TailConfig>,
     pub status: Arc<TailerStatus>,
     pub registry: Recipient<TailerFinished>,
@@ -219,6 +219,7 @@ impl Handler<Stop> for Tailer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::forward::Forward;
     use std::sync::Mutex;
     use std::time::Duration;
 
@@ -317,7 +318,7 @@ mod tests {
             let tailer = Tailer::start(TailerArgs {
                 target,
                 client,
-                forwarder: forwarder.recipient(),
+                forwarder: forwarder.recipient().into(),
                 config: Arc::new(config),
                 status: status.clone(),
                 registry: registry.recipient(),

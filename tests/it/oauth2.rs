@@ -15,7 +15,7 @@ use kube_log_relay::sim::{
     AuthOptions, ContainerSpec, OAuth2Options, PodSpec, RestartPolicy, Sim, SimOptions,
 };
 
-use crate::support::{self, Metrics, RelayProcess, eventually};
+use crate::support::{self, Metrics, RelayProcess, eventually, eventually_async};
 
 const CLIENT_ID: &str = "relay";
 const SECRET: &str = "s3cret";
@@ -293,16 +293,19 @@ async fn a_failing_token_endpoint_is_backed_off_named_in_the_log_and_recovered_f
     );
     assert!(log.contains(&named), "{named:?} in:\n{log}");
     assert!(log.contains("next attempt in"), "{log}");
-    let metrics = Metrics::scrape(addr).await;
-    assert_eq!(
-        metrics.series(
+    // The third failure is counted once its answer was read, a moment after the sim saw it.
+    let errors = |m: &Metrics| {
+        m.series(
             "kube_log_relay_oauth2_token_errors_total",
-            &[("client", "kubernetes")]
-        ),
-        3.0,
-        "{}",
-        metrics.text()
-    );
+            &[("client", "kubernetes")],
+        )
+    };
+    eventually_async("three token errors counted", || async move {
+        errors(&Metrics::scrape(addr).await) >= 3.0
+    })
+    .await;
+    let metrics = Metrics::scrape(addr).await;
+    assert_eq!(errors(&metrics), 3.0, "{}", metrics.text());
     assert!(sink.entries().is_empty());
 
     sim.oauth2().recover();
