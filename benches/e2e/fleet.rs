@@ -30,15 +30,18 @@ async fn wait_streams_open(relay: &Relay, n: u64, timeout: Duration) -> bool {
 }
 
 /// `fanout`: 5,000 containers writing 1 line/s each; the relay's CPU over a minute once every
-/// stream delivers.
-pub async fn fanout(report: &mut Report, scale: Scale) {
-    let name = "fanout";
+/// stream delivers. Over plain HTTP (HTTP/1.1: a connection per stream), or over TLS and
+/// HTTP/2 as an API server serves it (`fanout_tls`: a hundred streams per connection).
+pub async fn fanout(report: &mut Report, scale: Scale, tls: bool) {
+    let name = if tls { "fanout_tls" } else { "fanout" };
     let pods = scale.count(PODS);
     let n = pods * PER_POD;
     let window = scale.secs(60.0, 10.0);
-    let sim = fixture::sim(false).await;
+    let sim = fixture::sim(tls).await;
     let sink = LokiSink::start("127.0.0.1:0").await.expect("sink");
-    let relay = Relay::spawn(&Config::new(sim.url(), sink.url()));
+    let mut config = Config::new(sim.url(), sink.url());
+    config.ca_file = sim.tls_files().map(|f| f.ca.clone());
+    let relay = Relay::spawn(&config);
     relay.wait_ready().await;
     let keys = fixture::add_pods(&sim, "fanout", pods, PER_POD, RestartPolicy::Always, |c| {
         c.rate(1.0).line_size(100)

@@ -45,7 +45,10 @@ const SCENARIOS: &[(&str, bool, Scenario)] = &[
     }),
     ("steady", true, |r, s| Box::pin(flow::steady(r, s))),
     ("latency", false, |r, s| Box::pin(flow::latency(r, s))),
-    ("fanout", false, |r, s| Box::pin(fleet::fanout(r, s))),
+    ("fanout", false, |r, s| Box::pin(fleet::fanout(r, s, false))),
+    ("fanout_tls", false, |r, s| {
+        Box::pin(fleet::fanout(r, s, true))
+    }),
     ("idle", false, |r, s| Box::pin(fleet::idle(r, s))),
     ("startup", false, |r, s| Box::pin(fleet::startup(r, s))),
     ("outage", false, |r, s| Box::pin(outage::outage(r, s))),

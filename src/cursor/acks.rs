@@ -177,8 +177,9 @@ impl TargetAcks {
         let mut t = self.lock();
         t.tracker.moved(after);
         let acknowledged = t.tracker.acknowledged().cloned();
+        let in_flight = t.tracker.in_flight();
         drop(t);
-        self.publish(acknowledged);
+        self.tell(acknowledged, in_flight);
     }
 
     /// When the oldest line not yet acknowledged was read.
@@ -191,8 +192,8 @@ impl TargetAcks {
         self.lock().tracker.acknowledged().cloned()
     }
 
-    fn publish(&self, acknowledged: Option<Position>) {
-        let in_flight = self.lock().tracker.in_flight();
+    /// Tells the listeners, without the tracker's lock held.
+    fn tell(&self, acknowledged: Option<Position>, in_flight: usize) {
         for l in &self.listeners {
             l.acknowledged(&self.id, acknowledged.as_ref(), in_flight);
         }
@@ -212,7 +213,7 @@ impl Acknowledge for TargetAcks {
         }
         let acknowledged = t.tracker.acknowledged().cloned();
         drop(t);
-        self.publish(acknowledged);
+        self.tell(acknowledged, in_flight);
     }
 }
 

@@ -29,7 +29,7 @@ use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, k
 use super::batch::Batch;
 use super::limits::{LabelProblem, Limits, LineAction, check_labels, check_line};
 use crate::logproto::{self, EntryAdapter, PushRequest, StreamAdapter};
-use crate::target::Stream;
+use crate::target::{Labels, Stream};
 
 /// Scratch buffers larger than this are freed after use rather than kept for the next batch
 /// (a batch of the default 1 MiB `batch_size` stays well below).
@@ -72,7 +72,8 @@ pub struct Plan<'a> {
 
 #[derive(Debug)]
 struct PlannedStream<'a> {
-    labels: String,
+    /// Borrowed from the target's stream unless `external_labels` added to it.
+    labels: Cow<'a, str>,
     hash: u64,
     entries: Vec<PlannedEntry<'a>>,
 }
@@ -109,25 +110,35 @@ pub fn build<'a>(
     let mut plan = Plan::default();
     // Per stream (by identity of its shared `Arc<Stream>`): the index of its planned stream, or
     // None when its labels are refused.
-    let mut by_stream: HashMap<*const Stream, Option<usize>> = HashMap::new();
-    let mut by_text: HashMap<String, usize> = HashMap::new();
+    let mut by_stream: HashMap<*const Stream, Option<usize>, foldhash::fast::RandomState> =
+        HashMap::default();
+    let mut by_text: HashMap<Cow<'a, str>, usize, foldhash::fast::RandomState> = HashMap::default();
     for item in &batch.chunks {
         let chunk = &item.chunk;
         let slot = *by_stream
             .entry(std::sync::Arc::as_ptr(&chunk.stream))
             .or_insert_with(|| {
-                let labels = chunk.stream.labels.with_defaults(external_labels);
+                // A stream's labels are used as they are (no copy per batch) unless
+                // `external_labels` add to them.
+                let labels: Cow<'a, Labels> = if external_labels.is_empty() {
+                    Cow::Borrowed(&chunk.stream.labels)
+                } else {
+                    Cow::Owned(chunk.stream.labels.with_defaults(external_labels))
+                };
                 if let Err(problem) = check_labels(&labels, limits) {
                     built
                         .label_problem
                         .get_or_insert_with(|| (labels.as_text().to_owned(), problem));
                     return None;
                 }
-                let text = labels.as_text();
-                Some(*by_text.entry(text.to_owned()).or_insert_with(|| {
+                let text: Cow<'a, str> = match labels {
+                    Cow::Borrowed(labels) => Cow::Borrowed(labels.as_text()),
+                    Cow::Owned(labels) => Cow::Owned(labels.as_text().to_owned()),
+                };
+                Some(*by_text.entry(text.clone()).or_insert_with(|| {
                     plan.streams.push(PlannedStream {
-                        labels: text.to_owned(),
                         hash: fnv1a(text.as_bytes()),
+                        labels: text,
                         entries: Vec::new(),
                     });
                     plan.streams.len() - 1
@@ -271,7 +282,7 @@ impl Plan<'_> {
                 .streams
                 .iter()
                 .map(|s| StreamAdapter {
-                    labels: s.labels.clone(),
+                    labels: s.labels.to_string(),
                     entries: s
                         .entries
                         .iter()
@@ -388,7 +399,7 @@ mod tests {
         let got: Vec<(&str, Vec<&str>)> = req
             .streams
             .iter()
-            .map(|s| (s.labels.as_str(), lines(s)))
+            .map(|s| (s.labels.as_ref(), lines(s)))
             .collect();
         assert_eq!(
             got,

@@ -45,7 +45,10 @@ impl Shell {
             s.last_entry_timestamp = pending.last_timestamp;
             s.cursor_since = Timestamp::from_second(position.cursor.since).ok();
             s.cursor_skip = position.cursor.skip;
-            s.container_id = position.container_id.as_deref().map(str::to_string);
+            // Changes at a restart only: no allocation per chunk.
+            if s.container_id.as_deref() != position.container_id.as_deref() {
+                s.container_id = position.container_id.as_deref().map(str::to_string);
+            }
         });
         self.args.forwarder.send(chunk).await
     }

@@ -54,6 +54,52 @@ const TIMESTAMP_ROOM: usize = 64;
 /// size. A quiet stream's line is sent at once.
 pub(crate) const LINGER: Duration = Duration::from_millis(100);
 
+/// What a read loop waits on besides its stream's bytes, kept registered from one wait to the
+/// next: a drain request, a new client, the machine's deadline. (Fresh `changed()` futures and a
+/// fresh timer for every wait registered and unregistered all three each time: on a quiet
+/// stream, that was per line.)
+struct Watches {
+    /// Each change of the drain flag: its new value, or `Err` once the actor is gone.
+    drain: futures::stream::BoxStream<'static, Result<bool, ()>>,
+    /// Each change of the client (ends if the sender is gone).
+    client: futures::stream::BoxStream<'static, ()>,
+    /// The machine's deadline, armed at `armed`.
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    armed: Option<Instant>,
+}
+
+impl Watches {
+    fn new(drain: &watch::Receiver<bool>, client: &watch::Receiver<kube::Client>) -> Watches {
+        use futures::StreamExt;
+        let drain = futures::stream::unfold(drain.clone(), |mut rx| async move {
+            let changed = rx.changed().await.map(|()| *rx.borrow()).map_err(drop);
+            Some((changed, rx))
+        })
+        .boxed();
+        let client = futures::stream::unfold(client.clone(), |mut rx| async move {
+            rx.changed().await.ok()?;
+            Some(((), rx))
+        })
+        .boxed();
+        Watches {
+            drain,
+            client,
+            timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+            armed: None,
+        }
+    }
+
+    /// Arms the timer for `deadline` if it moved.
+    fn arm(&mut self, deadline: Option<Instant>) {
+        if deadline != self.armed
+            && let Some(at) = deadline
+        {
+            self.timer.as_mut().reset(at);
+        }
+        self.armed = deadline;
+    }
+}
+
 /// What waiting for a stream's next bytes ended with.
 enum Waited {
     Bytes(std::io::Result<Option<Bytes>>),
@@ -225,6 +271,7 @@ impl Shell {
         let mut delivered = 0u64;
         // When the last chunk was sent: a stream that sent one less than LINGER ago is busy.
         let mut last_sent: Option<Instant> = None;
+        let mut watches = Watches::new(&self.args.drain, &self.args.client);
         self.pending.new_stream();
         loop {
             let next = match next_bytes(reader).now_or_never() {
@@ -246,7 +293,7 @@ impl Shell {
                         }
                         last_sent = Some(now);
                     }
-                    match self.wait_bytes(reader, linger).await {
+                    match self.wait_bytes(reader, &mut watches, linger).await {
                         Ok(Waited::Bytes(r)) => r,
                         Ok(Waited::Linger) => {
                             if !self.flush().await {
@@ -337,21 +384,24 @@ impl Shell {
     async fn wait_bytes<R: AsyncBufRead + Unpin>(
         &mut self,
         reader: &mut R,
+        watches: &mut Watches,
         linger: Option<Instant>,
     ) -> Result<Waited, Action> {
+        use futures::StreamExt;
         loop {
             let deadline = self.machine.deadline();
+            watches.arm(deadline);
             let draining = self.machine.draining();
             let event = tokio::select! {
                 biased;
-                changed = self.args.drain.changed(), if !draining => match changed {
-                    Ok(()) if *self.args.drain.borrow() => Event::DrainRequested,
-                    Ok(()) => continue,
+                Some(changed) = watches.drain.next(), if !draining => match changed {
+                    Ok(true) => Event::DrainRequested,
+                    Ok(false) => continue,
                     // The actor is gone (it aborts us when stopping): end here.
-                    Err(_) => return Err(Action::Finish),
+                    Err(()) => return Err(Action::Finish),
                 },
-                Ok(()) = self.args.client.changed() => Event::ClientChanged,
-                _ = sleep_until(deadline) => Event::DeadlinePassed,
+                Some(()) = watches.client.next() => Event::ClientChanged,
+                _ = &mut watches.timer, if deadline.is_some() => Event::DeadlinePassed,
                 _ = sleep_until(linger), if linger.is_some() => return Ok(Waited::Linger),
                 r = next_bytes(reader) => return Ok(Waited::Bytes(r)),
             };
