@@ -20,6 +20,9 @@
 //! Connections idle for [`IDLE_TIMEOUT`] close. A connection that dies (GOAWAY, reset, TLS
 //! error) fails only its own requests; their streams reopen from their cursors.
 //!
+//! Connections' reads are paced ([`crate::net::pace`]): a connection whose followed logs trickle
+//! in reads them in batches rather than at every write.
+//!
 //! `kube_log_relay_api_connections` is the number of open connections; [`Pool::stats`] lists
 //! them with their streams for the status page.
 
