@@ -64,10 +64,6 @@ impl<T> Paced<T> {
         self.enabled = true;
     }
 
-    pub fn get_ref(&self) -> &T {
-        &self.io
-    }
-
     /// After a read of `n` bytes that left `room` unfilled: start a pause if the connection is
     /// trickling.
     fn after_read(&mut self, n: usize, room: usize) {

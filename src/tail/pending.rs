@@ -27,7 +27,16 @@ pub struct Pending {
     pub dropped: bool,
     /// The second of the last line with a timestamp in this stream.
     last_second: Option<i64>,
+    /// When this stream's last chunk was taken (tokio's clock): a stream that sent one less
+    /// than [`LINGER`] ago is busy and gathers its lines ([`Pending::linger_until`]).
+    last_sent: Option<tokio::time::Instant>,
 }
+
+/// A busy stream (one that sent a chunk less than this ago) gathers its lines into one chunk
+/// for up to this long, rather than sending a chunk for every few lines the connection hands
+/// over: each chunk costs a hand-over, an acknowledgement and a positions update, whatever its
+/// size. A quiet stream's line is sent at once.
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Default for Pending {
     fn default() -> Pending {
@@ -45,12 +54,23 @@ impl Pending {
             last_timestamp: None,
             dropped: false,
             last_second: None,
+            last_sent: None,
         }
     }
 
-    /// A new stream begins: a line without a timestamp no longer borrows the last one's second.
+    /// A new stream begins: a line without a timestamp no longer borrows the last one's second,
+    /// and the stream is not busy yet.
     pub fn new_stream(&mut self) {
         self.last_second = None;
+        self.last_sent = None;
+    }
+
+    /// Until when the lines gathered so far may wait for more before they are sent: `None`
+    /// (send now) unless there are some and the stream is busy.
+    pub fn linger_until(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        self.last_sent
+            .map(|t| t + LINGER)
+            .filter(|&until| until > now && !self.entries.is_empty())
     }
 
     /// Whether the chunk should go out now.
@@ -62,6 +82,7 @@ impl Pending {
     /// receiver's queue holds no spare room); `self` starts over, keeping its buffer for the
     /// next chunk (at most `chunk_lines` entries, or 1 MiB of lines).
     pub fn take(&mut self) -> Pending {
+        self.last_sent = Some(tokio::time::Instant::now());
         Pending {
             entries: self.entries.drain(..).collect(),
             bytes: std::mem::take(&mut self.bytes),
@@ -69,6 +90,7 @@ impl Pending {
             last_timestamp: self.last_timestamp.take(),
             dropped: std::mem::take(&mut self.dropped),
             last_second: self.last_second,
+            last_sent: self.last_sent,
         }
     }
 
@@ -120,5 +142,47 @@ impl Pending {
             line: text,
         });
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cursor::Cursor;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    fn add(pending: &mut Pending, cursor: &mut ReadCursor, text: &str) {
+        let l = line::Line {
+            bytes: bytes::Bytes::from(format!("2024-05-01T10:00:00Z {text}")),
+            truncated: false,
+        };
+        assert!(pending.line(l, cursor, &TailConfig::default()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_busy_stream_with_lines_gathered_lingers() {
+        let mut pending = Pending::new();
+        let mut cursor = ReadCursor::new(Cursor::BEGINNING);
+        add(&mut pending, &mut cursor, "first");
+        assert_eq!(
+            pending.linger_until(Instant::now()),
+            None,
+            "quiet: send now"
+        );
+        let sent = Instant::now();
+        pending.take();
+        assert_eq!(pending.linger_until(sent), None, "nothing gathered");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        add(&mut pending, &mut cursor, "second");
+        assert_eq!(pending.linger_until(Instant::now()), Some(sent + LINGER));
+        tokio::time::advance(LINGER).await;
+        assert_eq!(
+            pending.linger_until(Instant::now()),
+            None,
+            "lingered long enough"
+        );
+        pending.new_stream();
+        assert_eq!(pending.linger_until(sent), None, "a new stream is not busy");
     }
 }

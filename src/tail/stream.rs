@@ -9,7 +9,7 @@
 //!   with `fill_buf`/`consume` into the bounded [`LineSplitter`] (never `lines()`: a line is
 //!   never buffered whole beyond `max_line_size`) and [`Pending`], which applies the cursor.
 //!   A chunk goes out as soon as it holds `chunk_lines` entries or ~1 MiB, *or* the stream has
-//!   no more bytes ready; each send is awaited, so a full receiver queue pushes back to the
+//!   no more bytes ready (a busy stream first gathers lines for up to [`LINGER`](super::pending::LINGER)); each send is awaited, so a full receiver queue pushes back to the
 //!   stream. Deadlines (rotation, drain), a drain request and a reload's new client are checked
 //!   while waiting for bytes *and* between reads, so a stream that never catches up still
 //!   rotates, drains and swaps clients.
@@ -22,7 +22,6 @@
 //! acknowledged position in the positions table and the status, even after this loop ended.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
@@ -47,12 +46,6 @@ use crate::telemetry;
 
 /// Room for `<RFC3339Nano> ` before a line's text, so `max_line_size` limits the text itself.
 const TIMESTAMP_ROOM: usize = 64;
-
-/// A busy stream (one that sent a chunk less than this ago) gathers its lines into one chunk
-/// for up to this long, rather than sending a chunk for every few lines the connection hands
-/// over: each chunk costs a message, a queue hand-over and an acknowledgement, whatever its
-/// size. A quiet stream's line is sent at once.
-pub(crate) const LINGER: Duration = Duration::from_millis(100);
 
 /// What a read loop waits on besides its stream's bytes, kept registered from one wait to the
 /// next: a drain request, a new client, the machine's deadline. (Fresh `changed()` futures and a
@@ -269,8 +262,6 @@ impl Shell {
         let mut splitter = LineSplitter::new(config.max_line_size.saturating_add(TIMESTAMP_ROOM));
         let mut lines = Vec::new();
         let mut delivered = 0u64;
-        // When the last chunk was sent: a stream that sent one less than LINGER ago is busy.
-        let mut last_sent: Option<Instant> = None;
         let mut watches = Watches::new(&self.args.drain, &self.args.client);
         self.pending.new_stream();
         loop {
@@ -283,15 +274,9 @@ impl Shell {
                 None => {
                     // Nothing more ready: send what we have before waiting, unless the stream
                     // is busy and may gather more for a moment.
-                    let now = Instant::now();
-                    let linger = last_sent
-                        .map(|t| t + LINGER)
-                        .filter(|&until| until > now && !self.pending.entries.is_empty());
-                    if linger.is_none() {
-                        if !self.flush().await {
-                            return self.step(Event::ForwarderGone);
-                        }
-                        last_sent = Some(now);
+                    let linger = self.pending.linger_until(Instant::now());
+                    if linger.is_none() && !self.flush().await {
+                        return self.step(Event::ForwarderGone);
                     }
                     match self.wait_bytes(reader, &mut watches, linger).await {
                         Ok(Waited::Bytes(r)) => r,
@@ -299,7 +284,6 @@ impl Shell {
                             if !self.flush().await {
                                 return self.step(Event::ForwarderGone);
                             }
-                            last_sent = Some(Instant::now());
                             continue;
                         }
                         Err(action) => return action,
@@ -336,11 +320,8 @@ impl Shell {
             splitter.push(bytes, &mut |l| lines.push(l));
             for l in lines.drain(..) {
                 delivered += u64::from(self.pending.line(l, &mut self.cursor, &config));
-                if self.pending.full(config.chunk_lines) {
-                    if !self.flush().await {
-                        return self.step(Event::ForwarderGone);
-                    }
-                    last_sent = Some(Instant::now());
+                if self.pending.full(config.chunk_lines) && !self.flush().await {
+                    return self.step(Event::ForwarderGone);
                 }
             }
         }
@@ -460,6 +441,7 @@ mod tests {
     use actix::prelude::*;
 
     use crate::forward::Forward;
+    use crate::tail::pending::LINGER;
 
     use crate::target::{Labels, Stream};
 
@@ -473,23 +455,6 @@ mod tests {
             got.extend_from_slice(&b);
         }
         assert_eq!(got, body);
-    }
-
-    /// Forwarder stand-in: counts lines and acknowledges each chunk at once.
-    struct Count(Arc<Mutex<usize>>);
-
-    impl Actor for Count {
-        type Context = Context<Self>;
-    }
-
-    impl Handler<Forward> for Count {
-        type Result = ();
-
-        fn handle(&mut self, Forward(chunk): Forward, _: &mut Context<Self>) {
-            *self.0.lock().unwrap() += chunk.entries.len();
-            chunk.expect_finishers(1);
-            chunk.finish();
-        }
     }
 
     /// Forwarder stand-in: records each chunk's line count and acknowledges it at once.
@@ -509,19 +474,13 @@ mod tests {
         }
     }
 
-    /// A shell as the actor builds it, with its drain and client senders.
+    /// A shell as the actor builds it, with its drain and client senders; the line count of
+    /// each chunk it sends goes to `sizes`.
     fn shell(
         config: TailConfig,
-        forwarded: Arc<Mutex<usize>>,
+        sizes: Arc<Mutex<Vec<usize>>>,
     ) -> (Shell, watch::Sender<bool>, watch::Sender<kube::Client>) {
-        shell_to(config, Count(forwarded).start().recipient().into())
-    }
-
-    /// A shell sending its chunks to `forwarder`.
-    fn shell_to(
-        config: TailConfig,
-        forwarder: Fanout,
-    ) -> (Shell, watch::Sender<bool>, watch::Sender<kube::Client>) {
+        let forwarder: Fanout = Sizes(sizes).start().recipient().into();
         let id = TargetId {
             namespace: "ns".into(),
             pod: "p".into(),
@@ -598,7 +557,7 @@ mod tests {
     /// and what it read before is sent (the cursor covers exactly what was forwarded).
     #[actix_rt::test]
     async fn a_backlog_does_not_postpone_the_rotation() {
-        let forwarded = Arc::new(Mutex::new(0));
+        let forwarded = Arc::new(Mutex::new(Vec::new()));
         let config = TailConfig {
             max_stream_lifetime: Duration::from_millis(20),
             ..TailConfig::default()
@@ -613,7 +572,7 @@ mod tests {
             },
             "rotated"
         );
-        let sent = *forwarded.lock().unwrap();
+        let sent: usize = forwarded.lock().unwrap().iter().sum();
         assert!(
             sent > 0 && sent < LINES,
             "rotated mid-backlog: {sent} lines sent"
@@ -627,7 +586,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_backlog_does_not_postpone_the_drain_deadline() {
-        let forwarded = Arc::new(Mutex::new(0));
+        let forwarded = Arc::new(Mutex::new(Vec::new()));
         let config = TailConfig {
             terminated_grace: Duration::from_millis(20),
             ..TailConfig::default()
@@ -636,12 +595,15 @@ mod tests {
         drain.send_replace(true);
         assert_eq!(pump_backlog(&mut shell, LINES).await, Action::Finish);
         assert!(shell.machine.draining());
-        assert!(*forwarded.lock().unwrap() < LINES, "finished mid-backlog");
+        assert!(
+            forwarded.lock().unwrap().iter().sum::<usize>() < LINES,
+            "finished mid-backlog"
+        );
     }
 
     #[actix_rt::test]
     async fn a_backlog_does_not_postpone_a_new_client() {
-        let forwarded = Arc::new(Mutex::new(0));
+        let forwarded = Arc::new(Mutex::new(Vec::new()));
         let (mut shell, _drain, client) = shell(TailConfig::default(), forwarded.clone());
         client.send_modify(|_| {});
         let action = pump_backlog(&mut shell, LINES).await;
@@ -652,7 +614,10 @@ mod tests {
                 from_beginning: false
             }
         );
-        assert!(*forwarded.lock().unwrap() < LINES, "reopened mid-backlog");
+        assert!(
+            forwarded.lock().unwrap().iter().sum::<usize>() < LINES,
+            "reopened mid-backlog"
+        );
     }
 
     /// Lets every task on this thread run until it waits (paused time: timers do not fire).
@@ -667,10 +632,7 @@ mod tests {
         use futures::TryStreamExt;
         tokio::time::pause();
         let sizes = Arc::new(Mutex::new(Vec::new()));
-        let (mut shell, _drain, _client) = shell_to(
-            TailConfig::default(),
-            Sizes(sizes.clone()).start().recipient().into(),
-        );
+        let (mut shell, _drain, _client) = shell(TailConfig::default(), sizes.clone());
         let (tx, rx) = futures::channel::mpsc::unbounded::<std::io::Result<Bytes>>();
         let line = |i: u32| {
             Ok(Bytes::from(format!(
