@@ -277,24 +277,29 @@ impl Relay {
             "shutting down: stopping tailers, flushing receivers"
         );
         self.discovery.do_send(discovery::StopDiscovery);
-        if let Some(c) = &self.cluster {
-            // No more claims; what this replica holds is released by the final write below.
+        let mut cluster = self.cluster;
+        if let Some(c) = &mut cluster {
+            // No more claims or releases: what this replica holds is released by the final
+            // write below, and nothing the coordinator had in flight may publish after it.
             let _ = c.stop_coordinator.send(true);
+            let _ = (&mut c.coordinator).await;
         }
         let _ = self.registry.send(StopAll).await;
         let _ = self.forwarder.send(Shutdown { deadline }).await;
-        if let Some(c) = &self.cluster {
+        if let Some(c) = &cluster {
             // Every acknowledgement is in: the final write commits the cursors and releases
-            // every target at once (SPEC §7).
+            // every target at once (SPEC §7). It must happen even when no cursor moved since
+            // the last sync, or the ConfigMap would go on saying this replica holds its
+            // targets and their new owners would wait for them until the Lease expired.
             c.store.set_held(Default::default());
+            self.positions.mark_dirty();
         }
         // Receivers are flushed: every acknowledgement that will come has come. Commit.
         let _ = self.stop_sync.send(true);
         if let Err(e) = self.sync_task.await {
             tracing::error!(error = %e, "the positions sync task failed");
         }
-        if let Some(c) = self.cluster {
-            let _ = c.coordinator.await;
+        if let Some(c) = cluster {
             // Last: the others take over as soon as the Lease is gone.
             let _ = c.stop_lease.send(true);
             let _ = c.lease.await;

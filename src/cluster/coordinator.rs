@@ -89,7 +89,24 @@ fn key_of(target: &Target) -> String {
 }
 
 /// Runs until `stop` turns true; then stops claiming and leaves the releases to the shutdown.
-pub async fn run(mut args: CoordinatorArgs, mut stop: watch::Receiver<bool>) {
+///
+/// Stopping cancels whatever is in flight (a claim, a release's commit) at its next await, so
+/// that once this returns nothing but the shutdown's final write publishes what this replica
+/// holds: a commit finishing after that write would publish targets the replica no longer
+/// tails, and their new owners would wait for them until the Lease expired. What a cancelled
+/// step left behind is harmless: the registry finishes a release on its own, a claim
+/// published but not yet started is withdrawn by the final write, and a write still in flight
+/// carries an older `resourceVersion` than the final one, so the API server refuses whichever
+/// of the two comes second and is stale.
+pub async fn run(args: CoordinatorArgs, mut stop: watch::Receiver<bool>) {
+    tokio::select! {
+        () = coordinate(args) => {}
+        _ = stop.wait_for(|s| *s) => {}
+    }
+}
+
+/// The coordinator's loop: returns when discovery or the Lease keeper has gone.
+async fn coordinate(mut args: CoordinatorArgs) {
     let mut held: BTreeSet<TargetId> = BTreeSet::new();
     let mut sent: Option<BTreeSet<TargetId>> = None;
     let mut waiting = false;
@@ -102,7 +119,6 @@ pub async fn run(mut args: CoordinatorArgs, mut stop: watch::Receiver<bool>) {
             r = args.targets.changed() => if r.is_err() { break },
             r = args.view.changed() => if r.is_err() { break },
             _ = tokio::time::sleep(poll), if waiting || !settled => {}
-            _ = stop.wait_for(|s| *s) => break,
         }
         let Some(set) = args.targets.borrow_and_update().clone() else {
             continue;
@@ -198,6 +214,9 @@ async fn commit(args: &CoordinatorArgs, held: &BTreeSet<TargetId>) -> bool {
         }
         Err(e) => {
             telemetry::position_write_error();
+            // The held targets are set in the store: the sync task's next write publishes
+            // them, even when no cursor moves meanwhile.
+            args.table.mark_dirty();
             tracing::warn!(error = %e, "cannot publish the held targets; retrying");
             false
         }

@@ -230,7 +230,8 @@ impl PositionsTable {
         )
     }
 
-    /// Marks the table dirty again after a failed write, so the next sync retries.
+    /// Marks the table dirty, so the next sync writes it: after a failed write, or when what
+    /// is written beside the positions (a replica's held targets) changed.
     pub fn mark_dirty(&self) {
         self.lock().dirty = true;
     }
