@@ -24,7 +24,7 @@ use kube_log_relay::receiver::batch::{Batch, Batcher};
 use kube_log_relay::receiver::encode;
 use kube_log_relay::receiver::limits::Limits;
 use kube_log_relay::receiver::queue::QueuedChunk;
-use kube_log_relay::tail::line::{LineSplitter, parse_line};
+use kube_log_relay::tail::line::{LineParser, LineSplitter};
 use kube_log_relay::target::{Labels, Stream, TargetId};
 
 /// Lines per chunk, the default `chunk_lines`.
@@ -67,10 +67,11 @@ fn tail(c: &mut Criterion) {
         b.iter(|| {
             let mut splitter = LineSplitter::new(256 * 1024);
             let mut cursor = ReadCursor::new(Cursor::BEGINNING);
+            let mut parser = LineParser::default();
             let mut delivered = 0usize;
             for read in &reads {
                 splitter.push(read.clone(), &mut |line| {
-                    let parsed = parse_line(line.bytes);
+                    let parsed = parser.parse(line.bytes);
                     let second = parsed.timestamp.map_or(0, |t| t.as_second());
                     if cursor.admit(second) == kube_log_relay::cursor::Admit::Deliver {
                         delivered += parsed.text.len();

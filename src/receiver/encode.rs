@@ -154,7 +154,10 @@ pub fn build<'a>(
         entries.reserve(chunk.entries.len());
         for entry in &chunk.entries {
             // Borrowed when valid UTF-8 (the rule): no copy.
-            let mut line = String::from_utf8_lossy(&entry.line);
+            let mut line = match simdutf8::basic::from_utf8(&entry.line) {
+                Ok(text) => Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(&entry.line),
+            };
             match check_line(line.len(), limits) {
                 LineAction::Keep => {}
                 LineAction::Truncate(max) => {

@@ -30,6 +30,8 @@ pub struct Pending {
     /// When this stream's last chunk was taken (tokio's clock): a stream that sent one less
     /// than [`LINGER`] ago is busy and gathers its lines ([`Pending::linger_until`]).
     last_sent: Option<tokio::time::Instant>,
+    /// This stream's timestamps (it remembers their minute).
+    parser: line::LineParser,
 }
 
 /// A busy stream (one that sent a chunk less than this ago) gathers its lines into one chunk
@@ -55,6 +57,7 @@ impl Pending {
             dropped: false,
             last_second: None,
             last_sent: None,
+            parser: line::LineParser::default(),
         }
     }
 
@@ -91,13 +94,14 @@ impl Pending {
             dropped: std::mem::take(&mut self.dropped),
             last_second: self.last_second,
             last_sent: self.last_sent,
+            parser: line::LineParser::default(),
         }
     }
 
     /// Handles one line: cursor, timestamp, long-line policy; adds it to the chunk. Returns
     /// whether the line was new (delivered, or dropped by policy).
     pub fn line(&mut self, l: line::Line, cursor: &mut ReadCursor, config: &TailConfig) -> bool {
-        let parsed = line::parse_line(l.bytes);
+        let parsed = self.parser.parse(l.bytes);
         let (timestamp, second) = match parsed.timestamp {
             Some(ts) => (ts, ts.as_second()),
             None => {
