@@ -22,6 +22,7 @@
 
 pub mod config;
 pub mod instrument;
+pub mod logs;
 pub mod pool;
 pub mod ratelimit;
 pub mod redirect;

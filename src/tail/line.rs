@@ -205,11 +205,21 @@ impl LineParser {
         let (nanos, z) = match *s.get(19)? {
             b'Z' => (0, 19),
             b'.' => {
-                let digits = s[20..].iter().take(10).position(|b| !b.is_ascii_digit())?;
-                if !(1..=9).contains(&digits) {
+                // One to nine digits, read in the same pass that finds their end.
+                let mut fraction = 0u32;
+                let mut digits = 0;
+                while let Some(&b) = s.get(20 + digits)
+                    && b.is_ascii_digit()
+                {
+                    if digits == 9 {
+                        return None;
+                    }
+                    fraction = fraction * 10 + u32::from(b - b'0');
+                    digits += 1;
+                }
+                if digits == 0 {
                     return None;
                 }
-                let fraction = digits_value(&s[20..20 + digits]);
                 (fraction * 10u32.pow(9 - digits as u32), 20 + digits)
             }
             _ => return None,
@@ -241,11 +251,6 @@ fn minute_start(s: &[u8; 16]) -> Option<i64> {
         return None;
     }
     Some(days_from_civil(year, month, day) * 86_400 + i64::from(hour * 3600 + minute * 60))
-}
-
-/// The value of ASCII digits already checked to be digits.
-fn digits_value(s: &[u8]) -> u32 {
-    s.iter().fold(0, |n, &b| n * 10 + u32::from(b - b'0'))
 }
 
 /// [`parse_line`] for any form: the first space within 64 bytes ends the timestamp.

@@ -24,11 +24,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::FutureExt;
-use futures::io::{AsyncBufRead, AsyncBufReadExt};
+use futures::{FutureExt, Stream, StreamExt};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -41,6 +38,7 @@ use super::status::{TailerStatus, TargetState};
 use crate::config::model::TailConfig;
 use crate::cursor::{Cursor, Position, ReadCursor, TargetAcks};
 use crate::forward::Fanout;
+use crate::kube::logs;
 use crate::target::{Target, TargetId};
 use crate::telemetry;
 
@@ -223,12 +221,11 @@ impl Shell {
         }
         let params = request::log_params(&self.args.id.container, self.cursor.reconnect(), read);
         let client = self.args.client.borrow_and_update().clone();
-        let api: Api<Pod> = Api::namespaced(client, &self.args.id.namespace);
-        let reader = match api.log_stream(&self.args.id.pod, &params).await {
-            Ok(r) => r,
+        let opened = logs::log_frames(&client, &self.args.id.namespace, &self.args.id.pod, &params);
+        let mut frames = match opened.await {
+            Ok(frames) => frames,
             Err(e) => return self.failed(StreamError::from_kube(e)),
         };
-        let mut reader = std::pin::pin!(reader);
         telemetry::stream_opened();
         // The kubelet serves the instance current when the request arrived, and the stream
         // does not say which: one that restarted while this request waited would be read with
@@ -252,11 +249,11 @@ impl Shell {
         });
         tracing::debug!(target = %self.args.id, ?read, cursor = ?self.cursor.position(), "stream opened");
         self.step(Event::Opened);
-        self.pump(&mut reader, read).await
+        self.pump(&mut frames, read).await
     }
 
     /// Reads an open stream until the machine says what follows.
-    async fn pump<R: AsyncBufRead + Unpin>(&mut self, reader: &mut R, read: Read) -> Action {
+    async fn pump<F: Frames>(&mut self, frames: &mut F, read: Read) -> Action {
         let opened = Instant::now();
         let config = self.args.config.clone();
         let mut splitter = LineSplitter::new(config.max_line_size.saturating_add(TIMESTAMP_ROOM));
@@ -265,7 +262,7 @@ impl Shell {
         let mut watches = Watches::new(&self.args.drain, &self.args.client);
         self.pending.new_stream();
         loop {
-            let next = match next_bytes(reader).now_or_never() {
+            let next = match next_frame(frames).now_or_never() {
                 // A backlog: check deadlines, drain and client between reads too.
                 Some(r) => match self.interrupted().await {
                     Some(action) => return action,
@@ -278,7 +275,7 @@ impl Shell {
                     if linger.is_none() && !self.flush().await {
                         return self.step(Event::ForwarderGone);
                     }
-                    match self.wait_bytes(reader, &mut watches, linger).await {
+                    match self.wait_bytes(frames, &mut watches, linger).await {
                         Ok(Waited::Bytes(r)) => r,
                         Ok(Waited::Linger) => {
                             if !self.flush().await {
@@ -362,9 +359,9 @@ impl Shell {
 
     /// Waits for the next bytes, or until `linger` passed; deadlines, drain and client changes
     /// meanwhile.
-    async fn wait_bytes<R: AsyncBufRead + Unpin>(
+    async fn wait_bytes<F: Frames>(
         &mut self,
-        reader: &mut R,
+        frames: &mut F,
         watches: &mut Watches,
         linger: Option<Instant>,
     ) -> Result<Waited, Action> {
@@ -384,7 +381,7 @@ impl Shell {
                 Some(()) = watches.client.next() => Event::ClientChanged,
                 _ = &mut watches.timer, if deadline.is_some() => Event::DeadlinePassed,
                 _ = sleep_until(linger), if linger.is_some() => return Ok(Waited::Linger),
-                r = next_bytes(reader) => return Ok(Waited::Bytes(r)),
+                r = next_frame(frames) => return Ok(Waited::Bytes(r)),
             };
             if let Some(action) = self.react(event).await {
                 return Err(action);
@@ -419,17 +416,15 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// The next bytes of the body (`None` at its end). One copy per read: the lines inside are
-/// zero-copy slices of the returned `Bytes`. Cancel-safe: nothing is consumed before the read
-/// is ready, and copying and consuming happen without an await between them.
-async fn next_bytes<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<Option<Bytes>> {
-    let buf = reader.fill_buf().await?;
-    if buf.is_empty() {
-        return Ok(None);
-    }
-    let bytes = Bytes::copy_from_slice(buf);
-    reader.consume_unpin(bytes.len());
-    Ok(Some(bytes))
+/// The frames of a log body, as hyper decoded them: [`logs::LogFrames`], or a test's stand-in.
+pub(super) trait Frames: Stream<Item = std::io::Result<Bytes>> + Unpin {}
+
+impl<T: Stream<Item = std::io::Result<Bytes>> + Unpin> Frames for T {}
+
+/// The body's next frame (`None` at its end). The lines inside are sub-slices of it: nothing is
+/// copied. Cancel-safe: a frame is taken only when it is ready.
+async fn next_frame<F: Frames>(frames: &mut F) -> std::io::Result<Option<Bytes>> {
+    frames.next().await.transpose()
 }
 
 #[cfg(test)]
@@ -444,18 +439,6 @@ mod tests {
     use crate::tail::pending::LINGER;
 
     use crate::target::{Labels, Stream};
-
-    #[tokio::test]
-    async fn next_bytes_reads_everything_then_ends() {
-        let body: &[u8] = b"hello\nworld\n";
-        let mut reader = futures::io::BufReader::with_capacity(4, body);
-        let mut got = Vec::new();
-        while let Some(b) = next_bytes(&mut reader).await.unwrap() {
-            assert!(b.len() <= 4);
-            got.extend_from_slice(&b);
-        }
-        assert_eq!(got, body);
-    }
 
     /// Forwarder stand-in: records each chunk's line count and acknowledges it at once.
     struct Sizes(Arc<Mutex<Vec<usize>>>);
@@ -533,22 +516,26 @@ mod tests {
     }
 
     /// A stream whose every read is ready at once: a backlog the relay never catches up with.
-    fn backlog(lines: usize) -> futures::io::BufReader<futures::io::Cursor<Vec<u8>>> {
+    fn backlog(lines: usize) -> impl Frames {
         let mut body = Vec::new();
         for i in 0..lines {
             body.extend_from_slice(format!("2024-05-01T10:00:00.{i:09}Z line {i}\n").as_bytes());
         }
-        futures::io::BufReader::with_capacity(4096, futures::io::Cursor::new(body))
+        let frames: Vec<std::io::Result<Bytes>> = body
+            .chunks(4096)
+            .map(|frame| Ok(Bytes::copy_from_slice(frame)))
+            .collect();
+        futures::stream::iter(frames)
     }
 
-    /// Opens a stream in the machine as the shell does, then pumps `reader`.
+    /// Opens a stream in the machine as the shell does, then pumps a backlog of `lines`.
     async fn pump_backlog(shell: &mut Shell, lines: usize) -> Action {
-        let mut reader = backlog(lines);
+        let mut frames = backlog(lines);
         shell.step(Event::Started {
             first: Read::Follow,
         });
         shell.step(Event::Opened);
-        shell.pump(&mut reader, Read::Follow).await
+        shell.pump(&mut frames, Read::Follow).await
     }
 
     const LINES: usize = 200_000;
@@ -629,7 +616,6 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_busy_stream_gathers_its_lines_and_a_quiet_one_sends_each_at_once() {
-        use futures::TryStreamExt;
         tokio::time::pause();
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let (mut shell, _drain, _client) = shell(TailConfig::default(), sizes.clone());
@@ -640,12 +626,12 @@ mod tests {
             )))
         };
         let pump = actix_rt::spawn(async move {
-            let mut reader = rx.into_async_read();
+            let mut frames = rx;
             shell.step(Event::Started {
                 first: Read::Follow,
             });
             shell.step(Event::Opened);
-            shell.pump(&mut reader, Read::Follow).await
+            shell.pump(&mut frames, Read::Follow).await
         });
         let sent = || sizes.lock().unwrap().clone();
 

@@ -444,10 +444,24 @@ fn api_calls(sources: Vec<(String, String)>) -> Vec<ApiCall> {
         r"Api\s*::\s*<\s*{ty}\s*>+\s*::\s*\w+\s*\([^)]*\)\s*\.\s*(\w+)\s*\("
     ))
     .unwrap();
+    // A request built with kube's own builder and sent with `Client::send` (the log streams):
+    // `Request::new(Pod::url_path(…)).logs(…)`.
+    let raw_request = Regex::new(
+        r"(?s)Request\s*::\s*new\s*\(\s*(\w+)\s*::\s*url_path\s*\(.*?\)\s*\)\s*\.\s*(\w+)\s*\(",
+    )
+    .unwrap();
 
     let mut calls = Vec::new();
     for (file, text) in sources {
         let line = |offset: usize| text[..offset].lines().count().max(1);
+        for c in raw_request.captures_iter(&text) {
+            let at = c.get(0).unwrap().start();
+            calls.push(ApiCall {
+                ty: c[1].into(),
+                method: c[2].into(),
+                at: format!("{file}:{}", line(at)),
+            });
+        }
         // A `name: Api<T>` is a field when the nearest item keyword above it is struct/enum.
         let in_struct = |offset: usize| {
             item.captures_iter(&text[..offset])
@@ -704,6 +718,8 @@ fn the_source_scan_sees_each_kind_of_binding_and_call() {
                 .api
                 .delete(&name, &dp);
             Api::<ConfigMap>::namespaced(c, "ns").list(&lp);
+            let r = Request::new(Pod::url_path(&(), Some(ns)))
+                .logs(pod, &lp);
         }
         #[cfg(test)]
         mod tests { fn t(api: Api<Secret>) { api.create(&pp, &s); let c = '{'; } }
@@ -719,6 +735,7 @@ fn the_source_scan_sees_each_kind_of_binding_and_call() {
     assert_eq!(
         found,
         [
+            pair("Pod", "logs"),
             pair("Pod", "get_opt"),
             pair("Lease", "delete"),
             pair("Pod", "watcher"),
