@@ -126,9 +126,7 @@ impl Registry {
             counts.insert(state.as_str(), 0);
         }
         for t in self.tailers.values() {
-            *counts
-                .entry(t.status.snapshot().state.as_str())
-                .or_default() += 1;
+            *counts.entry(t.status.state().as_str()).or_default() += 1;
         }
         counts.insert("rejected", self.rejected.len());
         for (state, n) in counts {

@@ -147,11 +147,14 @@ async fn run_with(
 /// tick missed meanwhile is delayed, not queued); changes made during a write mark the table
 /// dirty again for the next one.
 async fn write(table: &PositionsTable, sink: &Sink) {
+    if let Sink::None = sink {
+        // Nothing to write: no copy of the table either.
+        return;
+    }
     let Some(entries) = table.take_dirty() else {
         return;
     };
     let error = match sink {
-        // Nothing to write; taking the changes keeps the table from reporting stale ones.
         Sink::None => return,
         Sink::Blocking(store) => {
             let store = store.clone();

@@ -21,5 +21,6 @@ pub mod status;
 mod stream;
 pub mod tailer;
 pub mod termination;
+mod watches;
 
 pub use tailer::{Drain, Stop, Tailer, TailerArgs, TailerFinished, UpdateClient, UpdateTarget};

@@ -35,6 +35,7 @@ use super::machine::{Action, Event, Settings, Tail};
 use super::pending::Pending;
 use super::request::{self, Read};
 use super::status::{TailerStatus, TargetState};
+use super::watches::Watches;
 use crate::config::model::TailConfig;
 use crate::cursor::{Cursor, Position, ReadCursor, TargetAcks};
 use crate::forward::Fanout;
@@ -44,52 +45,6 @@ use crate::telemetry;
 
 /// Room for `<RFC3339Nano> ` before a line's text, so `max_line_size` limits the text itself.
 const TIMESTAMP_ROOM: usize = 64;
-
-/// What a read loop waits on besides its stream's bytes, kept registered from one wait to the
-/// next: a drain request, a new client, the machine's deadline. (Fresh `changed()` futures and a
-/// fresh timer for every wait registered and unregistered all three each time: on a quiet
-/// stream, that was per line.)
-struct Watches {
-    /// Each change of the drain flag: its new value, or `Err` once the actor is gone.
-    drain: futures::stream::BoxStream<'static, Result<bool, ()>>,
-    /// Each change of the client (ends if the sender is gone).
-    client: futures::stream::BoxStream<'static, ()>,
-    /// The machine's deadline, armed at `armed`.
-    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
-    armed: Option<Instant>,
-}
-
-impl Watches {
-    fn new(drain: &watch::Receiver<bool>, client: &watch::Receiver<kube::Client>) -> Watches {
-        use futures::StreamExt;
-        let drain = futures::stream::unfold(drain.clone(), |mut rx| async move {
-            let changed = rx.changed().await.map(|()| *rx.borrow()).map_err(drop);
-            Some((changed, rx))
-        })
-        .boxed();
-        let client = futures::stream::unfold(client.clone(), |mut rx| async move {
-            rx.changed().await.ok()?;
-            Some(((), rx))
-        })
-        .boxed();
-        Watches {
-            drain,
-            client,
-            timer: Box::pin(tokio::time::sleep_until(Instant::now())),
-            armed: None,
-        }
-    }
-
-    /// Arms the timer for `deadline` if it moved.
-    fn arm(&mut self, deadline: Option<Instant>) {
-        if deadline != self.armed
-            && let Some(at) = deadline
-        {
-            self.timer.as_mut().reset(at);
-        }
-        self.armed = deadline;
-    }
-}
 
 /// What waiting for a stream's next bytes ended with.
 enum Waited {
@@ -365,20 +320,19 @@ impl Shell {
         watches: &mut Watches,
         linger: Option<Instant>,
     ) -> Result<Waited, Action> {
-        use futures::StreamExt;
         loop {
             let deadline = self.machine.deadline();
             watches.arm(deadline);
             let draining = self.machine.draining();
             let event = tokio::select! {
                 biased;
-                Some(changed) = watches.drain.next(), if !draining => match changed {
-                    Ok(true) => Event::DrainRequested,
-                    Ok(false) => continue,
+                changed = watches.drain.change(), if !draining => match changed {
+                    Some(()) if *watches.drain.borrow() => Event::DrainRequested,
+                    Some(()) => continue,
                     // The actor is gone (it aborts us when stopping): end here.
-                    Err(()) => return Err(Action::Finish),
+                    None => return Err(Action::Finish),
                 },
-                Some(()) = watches.client.next() => Event::ClientChanged,
+                Some(()) = watches.client.change() => Event::ClientChanged,
                 _ = &mut watches.timer, if deadline.is_some() => Event::DeadlinePassed,
                 _ = sleep_until(linger), if linger.is_some() => return Ok(Waited::Linger),
                 r = next_frame(frames) => return Ok(Waited::Bytes(r)),
