@@ -162,13 +162,11 @@ fn batching(c: &mut Criterion) {
 fn encoding(c: &mut Criterion) {
     // About 1 MiB of line bytes: the default batch_size.
     let chunks = chunks((1 << 20) / (CHUNK_LINES * LINE_SIZE) + 1);
-    let batch = Batch {
-        tenant: None,
-        bytes: chunks.iter().map(|c| c.bytes).sum(),
-        entries: chunks.iter().map(|c| c.entries.len()).sum(),
-        chunks: chunks.iter().cloned().map(QueuedChunk::detached).collect(),
-        oldest: tokio::time::Instant::now(),
-    };
+    let batch = Batch::of(
+        None,
+        chunks.iter().cloned().map(QueuedChunk::detached),
+        tokio::time::Instant::now(),
+    );
     let limits = Limits {
         max_label_names: 15,
         max_label_value_length: 2048,

@@ -34,6 +34,10 @@ impl fmt::Display for TargetId {
 pub struct Labels {
     pairs: Vec<(String, String)>,
     text: String,
+    /// Every name is a valid Loki label name of at most `MAX_LABEL_NAME_LENGTH` bytes.
+    names_valid: bool,
+    /// The length of the longest value.
+    longest_value: usize,
 }
 
 impl Labels {
@@ -51,7 +55,17 @@ impl Labels {
         let map: BTreeMap<String, String> = pairs.into_iter().collect();
         let pairs: Vec<(String, String)> = map.into_iter().collect();
         let text = render(&pairs);
-        Labels { pairs, text }
+        let names_valid = pairs.iter().all(|(name, _)| {
+            crate::receiver::limits::valid_label_name(name)
+                && name.len() <= crate::receiver::limits::MAX_LABEL_NAME_LENGTH
+        });
+        let longest_value = pairs.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
+        Labels {
+            pairs,
+            text,
+            names_valid,
+            longest_value,
+        }
     }
 
     /// The pairs in name order.
@@ -70,6 +84,17 @@ impl Labels {
     /// Loki's stream selector form: `{a="b", c="d"}`.
     pub fn as_text(&self) -> &str {
         &self.text
+    }
+
+    /// Every name is a valid Loki label name, short enough (checked once, when built: a
+    /// receiver checks each stream's labels in every batch).
+    pub fn names_valid(&self) -> bool {
+        self.names_valid
+    }
+
+    /// The length of the longest value.
+    pub fn longest_value(&self) -> usize {
+        self.longest_value
     }
 
     /// Number of label names.

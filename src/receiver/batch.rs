@@ -16,14 +16,17 @@ use std::time::Duration;
 // Tokio's clock, so tests with paused time drive `batch_wait` (same as std outside them).
 use tokio::time::Instant;
 
-use super::queue::QueuedChunk;
+use super::queue::{QueuedChunk, Room};
 
 /// Whole chunks of one tenant, sent in one push request.
 #[derive(Debug)]
 pub struct Batch {
     /// The `X-Scope-OrgID` to send, if any.
     pub tenant: Option<String>,
-    /// The chunks with the queue room they hold, in arrival order.
+    /// The queue room of the chunks, given back at once. Declared before `chunks`: dropped
+    /// first, so the room is back when the last chunk says the queue is idle.
+    room: Room,
+    /// The chunks, in arrival order.
     pub chunks: Vec<QueuedChunk>,
     /// Sum of the chunks' line bytes.
     pub bytes: usize,
@@ -37,6 +40,7 @@ impl Batch {
     fn new(tenant: Option<String>, now: Instant) -> Batch {
         Batch {
             tenant,
+            room: Room::default(),
             chunks: Vec::new(),
             bytes: 0,
             entries: 0,
@@ -44,7 +48,22 @@ impl Batch {
         }
     }
 
-    fn add(&mut self, item: QueuedChunk) {
+    /// A batch of `chunks` for `tenant`, opened at `now` (benchmarks and tests; the
+    /// [`Batcher`] builds batches as chunks arrive).
+    pub fn of(
+        tenant: Option<String>,
+        chunks: impl IntoIterator<Item = QueuedChunk>,
+        now: Instant,
+    ) -> Batch {
+        let mut batch = Batch::new(tenant, now);
+        for item in chunks {
+            batch.add(item);
+        }
+        batch
+    }
+
+    fn add(&mut self, mut item: QueuedChunk) {
+        self.room.hold(&mut item);
         self.bytes += item.chunk.bytes;
         self.entries += item.chunk.entries.len();
         self.chunks.push(item);

@@ -62,6 +62,13 @@ pub fn check_labels(labels: &Labels, limits: &Limits) -> Result<(), LabelProblem
     if labels.is_empty() {
         return Err(LabelProblem::Empty);
     }
+    // What the labels know of themselves answers the common case without a look at each.
+    if labels.names_valid()
+        && labels.len() <= limits.max_label_names
+        && labels.longest_value() <= limits.max_label_value_length
+    {
+        return Ok(());
+    }
     if labels.len() > limits.max_label_names {
         return Err(LabelProblem::TooMany {
             count: labels.len(),
