@@ -76,12 +76,61 @@ struct PlannedStream<'a> {
     labels: Cow<'a, str>,
     hash: u64,
     entries: Vec<PlannedEntry<'a>>,
+    /// The encoded length of the `StreamAdapter`, kept up to date as entries are added (the
+    /// encoder needs every length before the bytes it measures; computing them as it went was
+    /// three passes over every entry).
+    len: usize,
+}
+
+impl<'a> PlannedStream<'a> {
+    fn new(labels: Cow<'a, str>, hash: u64) -> PlannedStream<'a> {
+        let labels_len = if labels.is_empty() {
+            0
+        } else {
+            delimited_len(1, labels.len())
+        };
+        let hash_len = if hash == 0 {
+            0
+        } else {
+            key_len(3) + encoded_len_varint(hash)
+        };
+        PlannedStream {
+            labels,
+            hash,
+            entries: Vec::new(),
+            len: labels_len + hash_len,
+        }
+    }
+
+    fn push(&mut self, timestamp: logproto::Timestamp, line: Cow<'a, str>) {
+        let entry = PlannedEntry::new(timestamp, line);
+        self.len += delimited_len(2, entry.len);
+        self.entries.push(entry);
+    }
 }
 
 #[derive(Debug)]
 struct PlannedEntry<'a> {
     timestamp: logproto::Timestamp,
     line: Cow<'a, str>,
+    /// The encoded length of the `EntryAdapter`.
+    len: usize,
+}
+
+impl<'a> PlannedEntry<'a> {
+    fn new(timestamp: logproto::Timestamp, line: Cow<'a, str>) -> PlannedEntry<'a> {
+        let line_len = if line.is_empty() {
+            0
+        } else {
+            delimited_len(2, line.len())
+        };
+        let len = delimited_len(1, timestamp.encoded_len()) + line_len;
+        PlannedEntry {
+            timestamp,
+            line,
+            len,
+        }
+    }
 }
 
 /// The compressed body of a push, and what it carries.
@@ -136,11 +185,8 @@ pub fn build<'a>(
                     Cow::Owned(labels) => Cow::Owned(labels.as_text().to_owned()),
                 };
                 Some(*by_text.entry(text.clone()).or_insert_with(|| {
-                    plan.streams.push(PlannedStream {
-                        hash: fnv1a(text.as_bytes()),
-                        labels: text,
-                        entries: Vec::new(),
-                    });
+                    let hash = fnv1a(text.as_bytes());
+                    plan.streams.push(PlannedStream::new(text, hash));
                     plan.streams.len() - 1
                 }))
             });
@@ -150,8 +196,8 @@ pub fn build<'a>(
             }
             continue;
         };
-        let entries = &mut plan.streams[index].entries;
-        entries.reserve(chunk.entries.len());
+        let planned = &mut plan.streams[index];
+        planned.entries.reserve(chunk.entries.len());
         for entry in &chunk.entries {
             // Borrowed when valid UTF-8 (the rule): no copy. `from_utf8` first: it checks
             // ASCII a word at a time, where the lossy walk (only needed for invalid lines)
@@ -176,10 +222,7 @@ pub fn build<'a>(
                 }
             }
             built.sent.add(line.len());
-            entries.push(PlannedEntry {
-                timestamp: entry.timestamp.into(),
-                line,
-            });
+            planned.push(entry.timestamp.into(), line);
         }
     }
     // A stream whose every line was dropped must not be sent empty.
@@ -244,7 +287,7 @@ impl Plan<'_> {
         for stream in &self.streams {
             // PushRequest.streams = 1
             encode_key(1, WireType::LengthDelimited, buf);
-            encode_varint(stream.encoded_len() as u64, buf);
+            encode_varint(stream.len as u64, buf);
             // StreamAdapter.labels = 1 (proto3: an empty string is not written)
             if !stream.labels.is_empty() {
                 encode_key(1, WireType::LengthDelimited, buf);
@@ -254,7 +297,7 @@ impl Plan<'_> {
             for entry in &stream.entries {
                 // StreamAdapter.entries = 2
                 encode_key(2, WireType::LengthDelimited, buf);
-                encode_varint(entry.encoded_len() as u64, buf);
+                encode_varint(entry.len as u64, buf);
                 // EntryAdapter.timestamp = 1 (a present message is written even when empty)
                 prost::encoding::message::encode(1, &entry.timestamp, buf);
                 // EntryAdapter.line = 2
@@ -274,10 +317,7 @@ impl Plan<'_> {
 
     /// Length of the wire format.
     pub fn encoded_len(&self) -> usize {
-        self.streams
-            .iter()
-            .map(|s| delimited_len(1, s.encoded_len()))
-            .sum()
+        self.streams.iter().map(|s| delimited_len(1, s.len)).sum()
     }
 
     /// The request as prost's message types (tests, tools; the relay never builds it).
@@ -301,38 +341,6 @@ impl Plan<'_> {
                 })
                 .collect(),
         }
-    }
-}
-
-impl PlannedStream<'_> {
-    fn encoded_len(&self) -> usize {
-        let labels = if self.labels.is_empty() {
-            0
-        } else {
-            delimited_len(1, self.labels.len())
-        };
-        let entries: usize = self
-            .entries
-            .iter()
-            .map(|e| delimited_len(2, e.encoded_len()))
-            .sum();
-        let hash = if self.hash == 0 {
-            0
-        } else {
-            key_len(3) + encoded_len_varint(self.hash)
-        };
-        labels + entries + hash
-    }
-}
-
-impl PlannedEntry<'_> {
-    fn encoded_len(&self) -> usize {
-        let line = if self.line.is_empty() {
-            0
-        } else {
-            delimited_len(2, self.line.len())
-        };
-        delimited_len(1, self.timestamp.encoded_len()) + line
     }
 }
 
