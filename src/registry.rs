@@ -114,24 +114,32 @@ impl Registry {
         }
     }
 
+    /// The `kube_log_relay_targets` gauge: tailers by state (every two seconds, and when the
+    /// targets change), and the rejected targets.
     fn publish_counts(&self) {
-        let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
-        for state in [
+        const STATES: [TargetState; 5] = [
             TargetState::Waiting,
             TargetState::Running,
             TargetState::Backoff,
             TargetState::Draining,
             TargetState::Finished,
-        ] {
-            counts.insert(state.as_str(), 0);
-        }
+        ];
+        // Exhaustive: a new state must be given its place in STATES.
+        let index = |state| match state {
+            TargetState::Waiting => 0,
+            TargetState::Running => 1,
+            TargetState::Backoff => 2,
+            TargetState::Draining => 3,
+            TargetState::Finished => 4,
+        };
+        let mut counts = [0usize; STATES.len()];
         for t in self.tailers.values() {
-            *counts.entry(t.status.state().as_str()).or_default() += 1;
+            counts[index(t.status.state())] += 1;
         }
-        counts.insert("rejected", self.rejected.len());
-        for (state, n) in counts {
-            telemetry::targets(state, n);
+        for (state, n) in STATES.iter().zip(counts) {
+            telemetry::targets(state.as_str(), n);
         }
+        telemetry::targets("rejected", self.rejected.len());
     }
 }
 

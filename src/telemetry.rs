@@ -332,10 +332,23 @@ fn describe() {
     );
 }
 
-/// Lines and bytes read by a tailer.
+/// Lines and bytes read by a tailer (once per chunk: the counters are looked up once, after
+/// the recorder is installed, not in the recorder's registry at every call).
 pub fn lines_read(lines: u64, bytes: u64) {
-    counter!("kube_log_relay_lines_read_total").increment(lines);
-    counter!("kube_log_relay_bytes_read_total").increment(bytes);
+    static LINES: OnceLock<metrics::Counter> = OnceLock::new();
+    static BYTES: OnceLock<metrics::Counter> = OnceLock::new();
+    if HANDLE.get().is_none() {
+        // No recorder of ours yet: nothing to keep (a handle taken now would stay a no-op).
+        counter!("kube_log_relay_lines_read_total").increment(lines);
+        counter!("kube_log_relay_bytes_read_total").increment(bytes);
+        return;
+    }
+    LINES
+        .get_or_init(|| counter!("kube_log_relay_lines_read_total"))
+        .increment(lines);
+    BYTES
+        .get_or_init(|| counter!("kube_log_relay_bytes_read_total"))
+        .increment(bytes);
 }
 
 /// Lines dropped by a tailer.
