@@ -468,9 +468,9 @@ impl Drop for QueuedChunk {
 }
 
 /// The queue room of a batch's chunks, given back at once when the batch is dropped: one
-/// release of the queue's semaphore (which takes its lock) per batch, where releasing each
-/// chunk's room took that lock per chunk — a twentieth of the relay's CPU at 5,000 quiet
-/// streams. The chunks keep their own accounting (queued bytes and chunks, the idle signal);
+/// release of the queue's semaphore (which takes its lock) per batch, where each chunk's room
+/// took that lock again (at 5,000 quiet streams, a batch is thousands of one-line chunks).
+/// The chunks keep their own accounting (queued bytes and chunks, the idle signal);
 /// a batch drops its room before its chunks, so the room is back when the queue says idle.
 #[derive(Debug, Default)]
 pub struct Room {
