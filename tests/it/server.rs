@@ -402,6 +402,13 @@ labels = { __pod_namespace__ = "ops", __pod_name__ = "odd", __pod_container_name
     )
     .await;
     eventually("every line reached the sink", || sink.entries().len() == 40).await;
+    // The sink holds the lines a moment before the relay has its answer to the push.
+    eventually_async("every chunk of web-0 acknowledged", || async {
+        let (_, body) = http_get(relay.http_addr(), "/api/v1/targets?namespace=shop").await;
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        v["targets"][0]["status"]["chunks_in_flight"] == 0
+    })
+    .await;
 
     let written = sim.written_lines("shop", "web-0", "app");
     let uid = sim
