@@ -2,7 +2,7 @@
 //! shows here before it reaches the end-to-end figures of `benches/e2e`:
 //!
 //! - `tail/split_parse_admit`: a `pods/log` body cut into lines ([`LineSplitter`]), each split
-//!   into timestamp and text ([`parse_line`]) and passed through the exactly-once cursor
+//!   into timestamp and text ([`LineParser`]) and passed through the exactly-once cursor
 //!   ([`ReadCursor::admit`]) — what a tailer does to every byte it reads.
 //! - `receiver/batch`: chunks of 512 lines added to a receiver's [`Batcher`], closed at
 //!   `batch_size` and taken for sending.

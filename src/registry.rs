@@ -17,10 +17,10 @@ use crate::cursor::TargetAcks;
 use crate::forward::Fanout;
 use crate::positions::PositionsHandle;
 use crate::tail::backoff::Backoff;
-use crate::tail::status::{TailerSnapshot, TailerStatus, TargetState};
+use crate::tail::status::{TailerSnapshot, TailerStatus};
 use crate::tail::{Drain, Stop, Tailer, TailerArgs, TailerFinished, UpdateClient, UpdateTarget};
 use crate::target::{LabelMap, RejectedTarget, SetTargets, Target, TargetId, TargetSet};
-use crate::telemetry;
+use crate::telemetry::{self, TargetsState};
 
 /// What changes between the known targets and a new complete set.
 #[derive(Debug, Default, PartialEq)]
@@ -117,29 +117,20 @@ impl Registry {
     /// The `kube_log_relay_targets` gauge: tailers by state (every two seconds, and when the
     /// targets change), and the rejected targets.
     fn publish_counts(&self) {
-        const STATES: [TargetState; 5] = [
-            TargetState::Waiting,
-            TargetState::Running,
-            TargetState::Backoff,
-            TargetState::Draining,
-            TargetState::Finished,
-        ];
-        // Exhaustive: a new state must be given its place in STATES.
-        let index = |state| match state {
-            TargetState::Waiting => 0,
-            TargetState::Running => 1,
-            TargetState::Backoff => 2,
-            TargetState::Draining => 3,
-            TargetState::Finished => 4,
+        let index = |state: TargetsState| {
+            TargetsState::ALL
+                .iter()
+                .position(|s| *s == state)
+                .expect("TargetsState::ALL lists every state")
         };
-        let mut counts = [0usize; STATES.len()];
+        let mut counts = [0usize; TargetsState::ALL.len()];
         for t in self.tailers.values() {
-            counts[index(t.status.state())] += 1;
+            counts[index(t.status.state().into())] += 1;
         }
-        for (state, n) in STATES.iter().zip(counts) {
-            telemetry::targets(state.as_str(), n);
+        counts[index(TargetsState::Rejected)] = self.rejected.len();
+        for (state, n) in TargetsState::ALL.into_iter().zip(counts) {
+            telemetry::targets_in(state, n);
         }
-        telemetry::targets("rejected", self.rejected.len());
     }
 }
 

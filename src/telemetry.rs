@@ -391,16 +391,6 @@ pub fn targets_in(state: TargetsState, n: usize) {
     gauge!("kube_log_relay_targets", "state" => state.as_str()).set(n as f64);
 }
 
-/// Like [`targets_in`] with the state's label (`waiting`, `running`, …, see
-/// [`TargetsState::ALL`]).
-pub fn targets(state: &'static str, n: usize) {
-    debug_assert!(
-        TargetsState::ALL.iter().any(|s| s.as_str() == state),
-        "unknown target state {state:?}: add it to TargetsState"
-    );
-    gauge!("kube_log_relay_targets", "state" => state).set(n as f64);
-}
-
 /// A receiver's queue size.
 /// A receiver's queue holds at most `bytes` (its `buffer_size`).
 pub fn receiver_queue_capacity(receiver: &str, bytes: usize) {

@@ -228,10 +228,10 @@ impl QueueSender {
             shared.queued_chunks.fetch_add(1, Ordering::AcqRel);
             let queued = QueuedChunk {
                 chunk,
-                _permit: Some(Permit {
+                permit: Some(Permit {
                     shared: shared.clone(),
                     bytes: cost as usize,
-                    _permit: permit,
+                    room: permit,
                 }),
                 queued_at: Instant::now(),
                 finished: AtomicBool::new(false),
@@ -428,7 +428,7 @@ impl QueueTaker {
 #[derive(Debug)]
 pub struct QueuedChunk {
     pub chunk: Arc<Chunk>,
-    _permit: Option<Permit>,
+    permit: Option<Permit>,
     /// When the chunk entered the queue.
     pub queued_at: Instant,
     /// This receiver is done with the chunk ([`QueuedChunk::finish`]).
@@ -440,7 +440,7 @@ impl QueuedChunk {
     pub fn detached(chunk: Arc<Chunk>) -> QueuedChunk {
         QueuedChunk {
             chunk,
-            _permit: None,
+            permit: None,
             queued_at: Instant::now(),
             finished: AtomicBool::new(false),
         }
@@ -458,7 +458,7 @@ impl Drop for QueuedChunk {
     fn drop(&mut self) {
         // Unfinished: a shutdown (not acknowledged, read again after a restart) — unless the
         // receiver was removed, which drops what it still held.
-        if let Some(p) = &self._permit
+        if let Some(p) = &self.permit
             && !*self.finished.get_mut()
             && p.shared.retired.load(Ordering::Acquire)
         {
@@ -472,27 +472,24 @@ impl Drop for QueuedChunk {
 /// took that lock again (at 5,000 quiet streams, a batch is thousands of one-line chunks).
 /// The chunks keep their own accounting (queued bytes and chunks, the idle signal);
 /// a batch drops its room before its chunks, so the room is back when the queue says idle.
+/// A batch's chunks all come from one queue: a receiver keeps its queue for life (a reload
+/// that changes it starts a new receiver).
 #[derive(Debug, Default)]
-pub struct Room {
-    permit: Option<OwnedSemaphorePermit>,
-    /// Room of another queue (a reload replaced the receiver's queue while a batch was open).
-    other_queues: Vec<OwnedSemaphorePermit>,
-}
+pub struct Room(Option<OwnedSemaphorePermit>);
 
 impl Room {
     /// Takes over the queue room `item` holds.
     pub fn hold(&mut self, item: &mut QueuedChunk) {
-        let Some(permit) = item._permit.as_mut() else {
+        let Some(permit) = item.permit.as_mut() else {
             return;
         };
-        let all = permit._permit.num_permits();
-        let Some(taken) = permit._permit.split(all) else {
+        let all = permit.room.num_permits();
+        let Some(taken) = permit.room.split(all) else {
             return;
         };
-        match &mut self.permit {
-            None => self.permit = Some(taken),
-            Some(held) if Arc::ptr_eq(held.semaphore(), taken.semaphore()) => held.merge(taken),
-            Some(_) => self.other_queues.push(taken),
+        match &mut self.0 {
+            Some(held) => held.merge(taken),
+            None => self.0 = Some(taken),
         }
     }
 }
@@ -500,7 +497,8 @@ impl Room {
 struct Permit {
     shared: Arc<Shared>,
     bytes: usize,
-    _permit: OwnedSemaphorePermit,
+    /// The queue's semaphore permits for `bytes` (moved to a batch's [`Room`] once batched).
+    room: OwnedSemaphorePermit,
 }
 
 impl std::fmt::Debug for Permit {

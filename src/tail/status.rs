@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::cursor::{AckListener, Position};
 use crate::target::TargetId;
+use crate::telemetry::TargetsState;
 
 /// A target's life cycle state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
@@ -37,6 +38,18 @@ impl TargetState {
             TargetState::Backoff => "backoff",
             TargetState::Draining => "draining",
             TargetState::Finished => "finished",
+        }
+    }
+}
+
+impl From<TargetState> for TargetsState {
+    fn from(state: TargetState) -> TargetsState {
+        match state {
+            TargetState::Waiting => TargetsState::Waiting,
+            TargetState::Running => TargetsState::Running,
+            TargetState::Backoff => TargetsState::Backoff,
+            TargetState::Draining => TargetsState::Draining,
+            TargetState::Finished => TargetsState::Finished,
         }
     }
 }
