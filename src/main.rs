@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 
 use kube_log_relay::{app, config, demo, logging, runtime, sim};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "kube-log-relay",
