@@ -60,12 +60,17 @@ pub struct RegistryArgs {
     pub positions: PositionsHandle,
 }
 
+/// How long finished tailers wait to be counted together in the targets gauge.
+const RECOUNT_DELAY: Duration = Duration::from_millis(200);
+
 /// The registry actor.
 pub struct Registry {
     args: RegistryArgs,
     tailers: BTreeMap<TargetId, Tailed>,
     rejected: Vec<RejectedTarget>,
     synced: bool,
+    /// A recount of the targets gauge is scheduled (finished tailers are counted together).
+    recount_due: bool,
 }
 
 /// A known target and its tailer, if one runs.
@@ -111,11 +116,12 @@ impl Registry {
             tailers: BTreeMap::new(),
             rejected: Vec::new(),
             synced: false,
+            recount_due: false,
         }
     }
 
     /// The `kube_log_relay_targets` gauge: tailers by state (every two seconds, and when the
-    /// targets change), and the rejected targets.
+    /// target set changes), and the rejected targets.
     fn publish_counts(&self) {
         let index = |state: TargetsState| {
             TargetsState::ALL
@@ -303,7 +309,15 @@ impl Handler<TailerFinished> for Registry {
                 t.restarts.started = std::time::Instant::now();
             });
         }
-        self.publish_counts();
+        // Counted shortly, once for all the tailers finishing now: a count walks every tailer,
+        // and a thousand pods deleted at once finish five thousand of them.
+        if !self.recount_due {
+            self.recount_due = true;
+            ctx.run_later(RECOUNT_DELAY, |act, _| {
+                act.recount_due = false;
+                act.publish_counts();
+            });
+        }
     }
 }
 

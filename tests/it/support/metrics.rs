@@ -36,6 +36,27 @@ impl Metrics {
         Metrics::parse(&text)
     }
 
+    /// Scrapes until `cond` holds (at most the tests' deadline); the scrape it held on.
+    pub async fn scrape_until(
+        addr: SocketAddr,
+        what: &str,
+        mut cond: impl FnMut(&Metrics) -> bool,
+    ) -> Metrics {
+        let start = std::time::Instant::now();
+        loop {
+            let m = Metrics::scrape(addr).await;
+            if cond(&m) {
+                return m;
+            }
+            assert!(
+                start.elapsed() < super::DEADLINE,
+                "timed out after {:?} waiting for: {what}\n{m:?}",
+                super::DEADLINE
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// The text as served.
     pub fn text(&self) -> &str {
         &self.text
