@@ -141,17 +141,13 @@ impl Registry {
 }
 
 /// A new target's acknowledgement tracker, starting at its stored position.
-fn new_acks(args: &RegistryArgs, target: &Target, status: &Arc<TailerStatus>) -> Arc<TargetAcks> {
+fn new_acks(args: &RegistryArgs, target: &Target) -> Arc<TargetAcks> {
     let stored = args.positions.get(&target.id);
     if let Some(p) = &stored {
         tracing::info!(target = %target.id, since = p.cursor.since, skip = p.cursor.skip, "resuming from the stored position");
     }
-    let acks = TargetAcks::new(
-        target.id.clone(),
-        stored,
-        vec![args.positions.clone(), status.clone()],
-    );
-    args.positions.register(&target.id, &acks);
+    let acks = TargetAcks::new(target.id.clone(), stored);
+    args.positions.register(&acks);
     acks
 }
 
@@ -215,7 +211,7 @@ impl Handler<SetTargets> for Registry {
             let (status, acks) = match self.tailers.get(&target.id) {
                 Some(t) => (t.status.clone(), t.acks.clone()),
                 None => {
-                    let acks = new_acks(&self.args, &target, &status);
+                    let acks = new_acks(&self.args, &target);
                     (status, acks)
                 }
             };
@@ -358,7 +354,9 @@ impl Handler<GetTargets> for Registry {
             .tailers
             .values()
             .map(|t| {
-                let status = t.status.snapshot();
+                let mut status = t.status.snapshot();
+                status.acknowledged = t.acks.acknowledged();
+                status.chunks_in_flight = t.acks.in_flight();
                 TargetView {
                     id: Some(t.target.id.clone()),
                     labels: t.target.stream.labels.pairs().iter().cloned().collect(),

@@ -10,6 +10,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use jiff::Timestamp;
+
 use super::read::Position;
 use crate::chunk::Acknowledge;
 use crate::target::TargetId;
@@ -85,28 +87,18 @@ impl<P: Clone> AckTracker<P> {
     }
 }
 
-/// Told when a target's acknowledgement state changes: the positions table persists the
-/// acknowledged position, the tailer's status shows it. Called from the receivers' threads,
-/// without the tracker's lock held.
-pub trait AckListener: Send + Sync + std::fmt::Debug {
-    /// The acknowledged position moved to `position`; `in_flight` chunks are still pending.
-    fn acknowledged(&self, id: &TargetId, position: Option<&Position>, in_flight: usize);
-
-    /// A chunk left; `in_flight` chunks are now pending.
-    fn in_flight(&self, _id: &TargetId, _in_flight: usize) {}
-}
-
 /// The acknowledgement side of one tailer, shared with the chunks it sends (SPEC §4.4).
 ///
 /// Receivers call [`Acknowledge::acknowledge`] on it from their own thread; it advances the
-/// [`AckTracker`], and when the acknowledged position moves, tells its [`AckListener`]s. It
-/// outlives the read loop, so acknowledgements that arrive after the tailer stopped (receivers
-/// flushing at shutdown) still move the stored position.
+/// [`AckTracker`] and notes when the acknowledged position moved. Nobody is told at once: the
+/// positions table takes the moved position when it writes ([`TargetAcks::take_moved`]) and
+/// the status page reads it when asked — an acknowledgement costs one lock of this tracker, not
+/// a lookup in a table of every target. It outlives the read loop, so acknowledgements that
+/// arrive after the tailer stopped (receivers flushing at shutdown) still move the position.
 #[derive(Debug)]
 pub struct TargetAcks {
     id: TargetId,
     tracker: Mutex<Tracked>,
-    listeners: Vec<Arc<dyn AckListener>>,
 }
 
 #[derive(Debug)]
@@ -116,24 +108,22 @@ struct Tracked {
     last_seq: u64,
     /// When the oldest chunk in flight was read, per pending `seq` in order.
     read_at: VecDeque<(u64, Instant)>,
+    /// When the acknowledged position last moved, if it moved since the last
+    /// [`TargetAcks::take_moved`].
+    moved_at: Option<Timestamp>,
 }
 
 impl TargetAcks {
-    /// A tracker for `id` starting at `start` (its stored position, if any), telling
-    /// `listeners` of every change.
-    pub fn new(
-        id: TargetId,
-        start: Option<Position>,
-        listeners: Vec<Arc<dyn AckListener>>,
-    ) -> Arc<TargetAcks> {
+    /// A tracker for `id` starting at `start` (its stored position, if any).
+    pub fn new(id: TargetId, start: Option<Position>) -> Arc<TargetAcks> {
         Arc::new(TargetAcks {
             id,
             tracker: Mutex::new(Tracked {
                 tracker: AckTracker::new(start),
                 last_seq: 0,
                 read_at: VecDeque::new(),
+                moved_at: None,
             }),
-            listeners,
         })
     }
 
@@ -165,21 +155,16 @@ impl TargetAcks {
         let mut t = self.lock();
         t.tracker.sent(seq, after);
         t.read_at.push_back((seq, read_at));
-        let in_flight = t.tracker.in_flight();
-        drop(t);
-        for l in &self.listeners {
-            l.in_flight(&self.id, in_flight);
-        }
     }
 
     /// The position moved without a chunk (lines skipped or dropped by policy).
     pub fn moved(&self, after: Position) {
         let mut t = self.lock();
+        let before = t.tracker.acknowledged().cloned();
         t.tracker.moved(after);
-        let acknowledged = t.tracker.acknowledged().cloned();
-        let in_flight = t.tracker.in_flight();
-        drop(t);
-        self.tell(acknowledged, in_flight);
+        if t.tracker.acknowledged() != before.as_ref() {
+            t.moved_at = Some(Timestamp::now());
+        }
     }
 
     /// When the oldest line not yet acknowledged was read.
@@ -192,11 +177,17 @@ impl TargetAcks {
         self.lock().tracker.acknowledged().cloned()
     }
 
-    /// Tells the listeners, without the tracker's lock held.
-    fn tell(&self, acknowledged: Option<Position>, in_flight: usize) {
-        for l in &self.listeners {
-            l.acknowledged(&self.id, acknowledged.as_ref(), in_flight);
-        }
+    /// Chunks sent and not yet acknowledged (or waiting for an older one).
+    pub fn in_flight(&self) -> usize {
+        self.lock().tracker.in_flight()
+    }
+
+    /// The acknowledged position and when it moved, if it moved since the last call (the
+    /// positions table's way of collecting what to write).
+    pub fn take_moved(&self) -> Option<(Position, Timestamp)> {
+        let mut t = self.lock();
+        let at = t.moved_at.take()?;
+        t.tracker.acknowledged().cloned().map(|p| (p, at))
     }
 }
 
@@ -211,9 +202,7 @@ impl Acknowledge for TargetAcks {
         while t.read_at.len() > in_flight {
             t.read_at.pop_front();
         }
-        let acknowledged = t.tracker.acknowledged().cloned();
-        drop(t);
-        self.tell(acknowledged, in_flight);
+        t.moved_at = Some(Timestamp::now());
     }
 }
 

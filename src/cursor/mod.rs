@@ -4,13 +4,13 @@
 //!   keeps it while a stream is read, and the [`Position`] (a cursor and the container instance
 //!   it belongs to) that positions persist.
 //! - [`acks`]: the acknowledgement tracker of one target, which moves its acknowledged
-//!   [`Position`] only past chunks every receiver finished with, and tells its
-//!   [`AckListener`]s (the positions table, the tailer's status) when it moved.
+//!   [`Position`] only past chunks every receiver finished with; the positions table collects
+//!   the moved positions from it when it writes.
 //!
 //! A leaf below `tail` and `positions`: it imports only the data types `target` and `chunk`.
 
 pub mod acks;
 pub mod read;
 
-pub use acks::{AckListener, AckTracker, TargetAcks};
+pub use acks::{AckTracker, TargetAcks};
 pub use read::{Admit, Cursor, Position, REORDER_WINDOW_SECONDS, ReadCursor};

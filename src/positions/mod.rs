@@ -1,11 +1,15 @@
 //! Positions: where each target is, *acknowledged* (SPEC §4.4).
 //!
-//! A target's position moves past a line only when every receiver finished with it. Tailers
-//! register a [`TargetAcks`] here and it writes each new
-//! acknowledged position into the shared [`PositionsTable`], directly from the receiver that
-//! finished the chunk last — so acknowledgements keep landing while the tailers are already
-//! stopped and the receivers flush at shutdown. A sync task ([`sync`]) writes the table through
-//! the backend ([`file`](mod@file) or [`kubernetes`]) every `sync_period` and once more at shutdown.
+//! A target's position moves past a line only when every receiver finished with it. Each
+//! target's [`TargetAcks`] is registered here; the [`PositionsTable`] collects the positions
+//! that moved from every registered tracker whenever it is read for writing (or asked about one
+//! target), rather than being told at each acknowledgement: at thousands of quiet targets that
+//! per-acknowledgement lookup was a tenth of the relay's CPU. A tracker stays registered until
+//! nothing else holds it — its tailer, the registry and every chunk in flight are gone — and
+//! its last position was collected, so acknowledgements that land while the tailers are
+//! already stopped and the receivers flush at shutdown are still written. A sync task
+//! ([`sync`]) writes the table through the backend ([`file`](mod@file) or [`kubernetes`])
+//! every `sync_period` and once more at shutdown.
 //!
 //! Vanished targets are forgotten after `gc_after` ([`PositionsTable::gc`]): the registry reports
 //! which targets exist after every discovery set. A target absent from a report ages from that
@@ -19,13 +23,13 @@ mod record;
 pub mod sync;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
 use crate::cursor::Position;
-use crate::cursor::{AckListener, TargetAcks};
+use crate::cursor::TargetAcks;
 use crate::target::TargetId;
 
 /// One stored position.
@@ -50,8 +54,9 @@ struct Inner {
     entries: HashMap<TargetId, Entry, foldhash::fast::RandomState>,
     /// Changed since the last write.
     dirty: bool,
-    /// The acknowledgement trackers of running tailers, for the lag metric.
-    live: BTreeMap<TargetId, Weak<TargetAcks>>,
+    /// The acknowledgement trackers whose positions are collected (see [`Inner::collect`]);
+    /// also what the lag metric looks at.
+    live: HashMap<TargetId, Arc<TargetAcks>, foldhash::fast::RandomState>,
     /// The registry reported the present targets at least once since loading.
     reported: bool,
 }
@@ -66,10 +71,46 @@ struct Entry {
 /// A shared handle on the table.
 pub type PositionsHandle = Arc<PositionsTable>;
 
-impl AckListener for PositionsTable {
-    fn acknowledged(&self, id: &TargetId, position: Option<&Position>, _in_flight: usize) {
-        if let Some(p) = position {
-            self.update(id, p.clone());
+impl Inner {
+    /// Takes the positions that moved from every registered tracker, and forgets the trackers
+    /// nothing else holds any more (after taking their last position).
+    fn collect(&mut self) {
+        let Inner { entries, live, .. } = self;
+        let mut dirty = false;
+        live.retain(|id, acks| {
+            // Counted before the position is taken: at one, no chunk is left to acknowledge,
+            // so what is taken now is the tracker's last word.
+            let orphaned = Arc::strong_count(acks) == 1;
+            if let Some((position, updated)) = acks.take_moved() {
+                dirty |= Inner::store(entries, id, Stored { position, updated });
+            }
+            !orphaned
+        });
+        self.dirty |= dirty;
+    }
+
+    /// Stores a position; true when it changed the entry.
+    fn store(
+        entries: &mut HashMap<TargetId, Entry, foldhash::fast::RandomState>,
+        id: &TargetId,
+        stored: Stored,
+    ) -> bool {
+        match entries.get_mut(id) {
+            Some(e) if e.stored.position == stored.position => false,
+            Some(e) => {
+                e.stored = stored;
+                true
+            }
+            None => {
+                entries.insert(
+                    id.clone(),
+                    Entry {
+                        stored,
+                        vanished_since: None,
+                    },
+                );
+                true
+            }
         }
     }
 }
@@ -101,41 +142,32 @@ impl PositionsTable {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The stored position of a target, if any.
+    /// The stored position of a target, if any (its registered tracker's, when it has one).
     pub fn get(&self, id: &TargetId) -> Option<Position> {
-        self.lock()
-            .entries
-            .get(id)
-            .map(|e| e.stored.position.clone())
+        let inner = self.lock();
+        match inner.live.get(id) {
+            Some(acks) => acks.acknowledged(),
+            None => inner.entries.get(id).map(|e| e.stored.position.clone()),
+        }
     }
 
-    /// Records a newly acknowledged position.
+    /// Records a position (one no tracker reports).
     pub fn update(&self, id: &TargetId, position: Position) {
         let mut inner = self.lock();
         let stored = Stored {
             position,
             updated: Timestamp::now(),
         };
-        match inner.entries.get_mut(id) {
-            Some(e) if e.stored.position == stored.position => return,
-            Some(e) => e.stored = stored,
-            None => {
-                inner.entries.insert(
-                    id.clone(),
-                    Entry {
-                        stored,
-                        vanished_since: None,
-                    },
-                );
-            }
+        if Inner::store(&mut inner.entries, id, stored) {
+            inner.dirty = true;
         }
-        inner.dirty = true;
     }
 
     /// Takes each of `entries` that is newer (by `updated`) than the table's, or unknown to it:
     /// positions written by another replica (SPEC §7) or another writer of our ConfigMaps.
     pub fn absorb(&self, entries: BTreeMap<TargetId, Stored>) {
         let mut inner = self.lock();
+        inner.collect();
         for (id, stored) in entries {
             match inner.entries.get_mut(&id) {
                 Some(e) if e.stored.updated >= stored.updated => {}
@@ -156,28 +188,30 @@ impl PositionsTable {
 
     /// A copy of every entry (for a commit outside the sync period).
     pub fn snapshot(&self) -> BTreeMap<TargetId, Stored> {
-        self.lock()
+        let mut inner = self.lock();
+        inner.collect();
+        inner
             .entries
             .iter()
             .map(|(id, e)| (id.clone(), e.stored.clone()))
             .collect()
     }
 
-    /// Registers a running tailer's acknowledgement tracker (for the lag metric).
-    pub fn register(&self, id: &TargetId, acks: &Arc<TargetAcks>) {
+    /// Registers a target's acknowledgement tracker: its positions are collected from now on.
+    /// A tracker registered before for the same target has its position collected first.
+    pub fn register(&self, acks: &Arc<TargetAcks>) {
         let mut inner = self.lock();
-        inner.live.retain(|_, w| w.strong_count() > 0);
-        inner.live.insert(id.clone(), Arc::downgrade(acks));
+        if let Some(old) = inner.live.insert(acks.id().clone(), acks.clone())
+            && let Some((position, updated)) = old.take_moved()
+            && Inner::store(&mut inner.entries, acks.id(), Stored { position, updated })
+        {
+            inner.dirty = true;
+        }
     }
 
-    /// Age of the oldest line read and not yet acknowledged, over every running tailer.
+    /// Age of the oldest line read and not yet acknowledged, over every registered tracker.
     pub fn lag(&self, now: Instant) -> Duration {
-        let trackers: Vec<Arc<TargetAcks>> = self
-            .lock()
-            .live
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect();
+        let trackers: Vec<Arc<TargetAcks>> = self.lock().live.values().cloned().collect();
         trackers
             .iter()
             .filter_map(|t| t.oldest_unacknowledged())
@@ -189,6 +223,7 @@ impl PositionsTable {
     /// The discovery's current targets at `now`: absent ones start to age, present ones stop.
     pub fn present(&self, ids: &BTreeSet<&TargetId>, now: Timestamp) {
         let mut inner = self.lock();
+        inner.collect();
         let first = !std::mem::replace(&mut inner.reported, true);
         for (id, e) in inner.entries.iter_mut() {
             if ids.contains(id) {
@@ -204,6 +239,7 @@ impl PositionsTable {
     /// Removes positions of targets absent for longer than `gc_after`; returns how many.
     pub fn gc(&self, now: Timestamp, gc_after: Duration) -> usize {
         let mut inner = self.lock();
+        inner.collect();
         let before = inner.entries.len();
         let gc_after =
             jiff::SignedDuration::try_from(gc_after).unwrap_or(jiff::SignedDuration::MAX);
@@ -221,6 +257,7 @@ impl PositionsTable {
     /// A copy of every entry when something changed since the last call, for writing.
     pub fn take_dirty(&self) -> Option<BTreeMap<TargetId, Stored>> {
         let mut inner = self.lock();
+        inner.collect();
         if !std::mem::take(&mut inner.dirty) {
             return None;
         }
@@ -241,7 +278,9 @@ impl PositionsTable {
 
     /// Number of stored positions.
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        let mut inner = self.lock();
+        inner.collect();
+        inner.entries.len()
     }
 
     /// True when no position is stored.
@@ -281,6 +320,37 @@ mod tests {
         t.update(&id("a"), pos(10, 3));
         assert_eq!(t.take_dirty().unwrap()[&id("a")].position, pos(10, 3));
         assert_eq!(t.get(&id("a")), Some(pos(10, 3)));
+    }
+
+    #[test]
+    fn positions_are_collected_from_trackers_and_a_late_acknowledgement_is_still_written() {
+        use crate::chunk::Acknowledge;
+        let t = PositionsTable::default();
+        let acks = TargetAcks::new(id("a"), Some(pos(1, 0)));
+        t.register(&acks);
+        assert_eq!(t.take_dirty(), None, "nothing moved yet");
+        assert_eq!(t.get(&id("a")), Some(pos(1, 0)), "the tracker's start");
+
+        acks.next_seq();
+        acks.sent(1, pos(5, 0), Instant::now());
+        acks.next_seq();
+        acks.sent(2, pos(9, 1), Instant::now());
+        acks.acknowledge(1);
+        assert_eq!(t.get(&id("a")), Some(pos(5, 0)), "asked about, the tracker answers");
+        assert_eq!(t.take_dirty().unwrap()[&id("a")].position, pos(5, 0));
+        assert_eq!(t.take_dirty(), None, "collected once");
+
+        // The registry and the tailer let go; chunk 2 is still in a receiver (which holds the
+        // tracker through the chunk), and its acknowledgement lands later.
+        let in_flight: Arc<dyn Acknowledge> = acks.clone();
+        drop(acks);
+        assert_eq!(t.take_dirty(), None);
+        assert_eq!(t.lock().live.len(), 1, "held while a chunk can still acknowledge");
+        in_flight.acknowledge(2);
+        drop(in_flight);
+        assert_eq!(t.take_dirty().unwrap()[&id("a")].position, pos(9, 1));
+        assert!(t.lock().live.is_empty(), "forgotten once its last position was taken");
+        assert_eq!(t.get(&id("a")), Some(pos(9, 1)), "then the table answers");
     }
 
     #[test]

@@ -8,8 +8,7 @@ use std::sync::Mutex;
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::cursor::{AckListener, Position};
-use crate::target::TargetId;
+use crate::cursor::Position;
 use crate::telemetry::TargetsState;
 
 /// A target's life cycle state.
@@ -65,9 +64,10 @@ pub struct TailerSnapshot {
     pub cursor_since: Option<Timestamp>,
     pub cursor_skip: u64,
     pub container_id: Option<String>,
-    /// The position every receiver acknowledged (what positions persist, SPEC §4.4).
+    /// The position every receiver acknowledged (what positions persist, SPEC §4.4); filled
+    /// from the target's tracker when the status is shown.
     pub acknowledged: Option<Position>,
-    /// Chunks sent and not yet acknowledged.
+    /// Chunks sent and not yet acknowledged; filled like `acknowledged`.
     pub chunks_in_flight: usize,
     pub lines: u64,
     pub bytes: u64,
@@ -93,18 +93,5 @@ impl TailerStatus {
     /// Changes the status in place.
     pub fn update(&self, f: impl FnOnce(&mut TailerSnapshot)) {
         f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-impl AckListener for TailerStatus {
-    fn acknowledged(&self, _id: &TargetId, position: Option<&Position>, in_flight: usize) {
-        self.update(|s| {
-            s.acknowledged = position.cloned();
-            s.chunks_in_flight = in_flight;
-        });
-    }
-
-    fn in_flight(&self, _id: &TargetId, in_flight: usize) {
-        self.update(|s| s.chunks_in_flight = in_flight);
     }
 }

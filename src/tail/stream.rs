@@ -455,7 +455,7 @@ mod tests {
             pending: Pending::new(),
             opened_once: true,
             args: ReadLoop {
-                acks: TargetAcks::new(id.clone(), None, vec![status.clone()]),
+                acks: TargetAcks::new(id.clone(), None),
                 id: Arc::new(id),
                 target,
                 drain,

@@ -273,6 +273,7 @@ mod tests {
         lines: Arc<Mutex<Vec<String>>>,
         seqs: Arc<Mutex<Vec<u64>>>,
         status: Arc<TailerStatus>,
+        acks: Arc<TargetAcks>,
         finished: mpsc::UnboundedReceiver<TailerFinished>,
         _tailer: Addr<Tailer>,
     }
@@ -315,6 +316,7 @@ mod tests {
                 chunk_lines: 64,
                 ..TailConfig::default()
             };
+            let acks = TargetAcks::new(id.clone(), None);
             let tailer = Tailer::start(TailerArgs {
                 target,
                 client,
@@ -323,13 +325,14 @@ mod tests {
                 status: status.clone(),
                 registry: registry.recipient(),
                 start: None,
-                acks: TargetAcks::new(id.clone(), None, vec![status.clone()]),
+                acks: acks.clone(),
             });
             Harness {
                 id,
                 lines,
                 seqs,
                 status,
+                acks,
                 finished,
                 _tailer: tailer,
             }
@@ -399,7 +402,12 @@ mod tests {
         let mut h = Harness::start(&sim);
         let done = h.wait_finished().await;
         assert_eq!(done.id, h.id);
-        let (lines, seqs, status) = (h.lines.clone(), h.seqs.clone(), h.status.clone());
+        let (lines, seqs, status, acks) = (
+            h.lines.clone(),
+            h.seqs.clone(),
+            h.status.clone(),
+            h.acks.clone(),
+        );
 
         let written = sim.written_lines("default", "web-1", "c");
         assert_eq!(written.len(), 600);
@@ -419,8 +427,8 @@ mod tests {
             seqs.windows(2).all(|w| w[1] == w[0] + 1),
             "seqs increase by one"
         );
-        assert_eq!(snapshot.chunks_in_flight, 0);
-        let acked = snapshot.acknowledged.expect("an acknowledged position");
+        assert_eq!(acks.in_flight(), 0);
+        let acked = acks.acknowledged().expect("an acknowledged position");
         assert_eq!(
             acked.cursor,
             crate::cursor::Cursor {
