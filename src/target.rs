@@ -38,6 +38,8 @@ pub struct Labels {
     names_valid: bool,
     /// The length of the longest value.
     longest_value: usize,
+    /// FNV-1a of `text`: Loki's stream hash, computed once per label set.
+    stream_hash: u64,
 }
 
 impl Labels {
@@ -60,11 +62,13 @@ impl Labels {
                 && name.len() <= crate::receiver::limits::MAX_LABEL_NAME_LENGTH
         });
         let longest_value = pairs.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
+        let stream_hash = fnv1a(text.as_bytes());
         Labels {
             pairs,
             text,
             names_valid,
             longest_value,
+            stream_hash,
         }
     }
 
@@ -84,6 +88,11 @@ impl Labels {
     /// Loki's stream selector form: `{a="b", c="d"}`.
     pub fn as_text(&self) -> &str {
         &self.text
+    }
+
+    /// FNV-1a of [`Labels::as_text`] ([`fnv1a`]): Loki's stream hash.
+    pub fn stream_hash(&self) -> u64 {
+        self.stream_hash
     }
 
     /// Every name is a valid Loki label name, short enough (checked once, when built: a
@@ -117,6 +126,16 @@ impl Labels {
         map.extend(self.pairs.iter().cloned());
         Labels::from_pairs(map)
     }
+}
+
+/// FNV-1a, 64 bits: stable across processes and versions, unlike `std`'s hasher.
+pub fn fnv1a(data: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
 }
 
 fn render(pairs: &[(String, String)]) -> String {

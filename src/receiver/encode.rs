@@ -3,8 +3,8 @@
 //! Entries are grouped by stream: a stream's final labels (its own plus `external_labels`, which
 //! never override) are rendered and checked against [`Limits`] once per stream per batch, not per
 //! line; streams from different chunks with the same final labels share one `StreamAdapter`.
-//! Entries keep chunk order. `hash` is FNV-1a of the label text: stable across processes and
-//! versions, unlike `std`'s hasher.
+//! Entries keep chunk order. `hash` is FNV-1a of the label text ([`Labels::stream_hash`],
+//! computed once per label set): stable across processes and versions, unlike `std`'s hasher.
 //!
 //! Protobuf `string` fields must hold UTF-8, and Loki refuses the whole request otherwise, so a
 //! line with invalid bytes is converted lossily (each bad sequence becomes U+FFFD) and not
@@ -161,7 +161,9 @@ pub fn build<'a>(
     // None when its labels are refused.
     let mut by_stream: HashMap<*const Stream, Option<usize>, foldhash::fast::RandomState> =
         HashMap::default();
-    let mut by_text: HashMap<Cow<'a, str>, usize, foldhash::fast::RandomState> = HashMap::default();
+    // Planned streams by their label text, looked up with the stream hash each label set
+    // carries: no hashing of the text per batch.
+    let mut by_text: hashbrown::HashTable<usize> = hashbrown::HashTable::new();
     for item in &batch.chunks {
         let chunk = &item.chunk;
         let slot = *by_stream
@@ -180,15 +182,22 @@ pub fn build<'a>(
                         .get_or_insert_with(|| (labels.as_text().to_owned(), problem));
                     return None;
                 }
-                let text: Cow<'a, str> = match labels {
-                    Cow::Borrowed(labels) => Cow::Borrowed(labels.as_text()),
-                    Cow::Owned(labels) => Cow::Owned(labels.as_text().to_owned()),
-                };
-                Some(*by_text.entry(text.clone()).or_insert_with(|| {
-                    let hash = fnv1a(text.as_bytes());
-                    plan.streams.push(PlannedStream::new(text, hash));
-                    plan.streams.len() - 1
-                }))
+                let hash = labels.stream_hash();
+                let streams = &mut plan.streams;
+                let found = by_text.find(hash, |&i| streams[i].labels == labels.as_text());
+                Some(match found {
+                    Some(&i) => i,
+                    None => {
+                        let text: Cow<'a, str> = match labels {
+                            Cow::Borrowed(labels) => Cow::Borrowed(labels.as_text()),
+                            Cow::Owned(labels) => Cow::Owned(labels.as_text().to_owned()),
+                        };
+                        streams.push(PlannedStream::new(text, hash));
+                        let i = streams.len() - 1;
+                        by_text.insert_unique(hash, i, |&i| streams[i].hash);
+                        i
+                    }
+                })
             });
         let Some(index) = slot else {
             for entry in &chunk.entries {
@@ -349,16 +358,6 @@ fn delimited_len(tag: u32, len: usize) -> usize {
     key_len(tag) + encoded_len_varint(len as u64) + len
 }
 
-/// 64-bit FNV-1a.
-fn fnv1a(data: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -367,6 +366,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::target::fnv1a;
     use crate::chunk::{Chunk, Entry};
     use crate::receiver::batch::Batcher;
     use crate::receiver::queue::QueuedChunk;
