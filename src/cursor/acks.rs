@@ -136,11 +136,16 @@ impl TargetAcks {
         self.tracker.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The sequence number of the next chunk.
-    pub fn next_seq(&self) -> u64 {
+    /// A chunk read at `read_at` leaves with the position `after` its last line: returns its
+    /// sequence number (one lock for both: this tracker's lock is shared with the receivers'
+    /// thread, so each taking of it may move its cache line between cores).
+    pub fn send(&self, after: Position, read_at: Instant) -> u64 {
         let mut t = self.lock();
         t.last_seq += 1;
-        t.last_seq
+        let seq = t.last_seq;
+        t.tracker.sent(seq, after);
+        t.read_at.push_back((seq, read_at));
+        seq
     }
 
     /// Where a new tailer of this target resumes: after the last chunk sent (chunks still in
@@ -148,13 +153,6 @@ impl TargetAcks {
     /// acknowledged or stored position.
     pub fn resume_position(&self) -> Option<Position> {
         self.lock().tracker.latest().cloned()
-    }
-
-    /// A chunk `seq` read at `read_at` leaves with the position `after` its last line.
-    pub fn sent(&self, seq: u64, after: Position, read_at: Instant) {
-        let mut t = self.lock();
-        t.tracker.sent(seq, after);
-        t.read_at.push_back((seq, read_at));
     }
 
     /// The position moved without a chunk (lines skipped or dropped by policy).

@@ -331,10 +331,8 @@ mod tests {
         assert_eq!(t.take_dirty(), None, "nothing moved yet");
         assert_eq!(t.get(&id("a")), Some(pos(1, 0)), "the tracker's start");
 
-        acks.next_seq();
-        acks.sent(1, pos(5, 0), Instant::now());
-        acks.next_seq();
-        acks.sent(2, pos(9, 1), Instant::now());
+        assert_eq!(acks.send(pos(5, 0), Instant::now()), 1);
+        assert_eq!(acks.send(pos(9, 1), Instant::now()), 2);
         acks.acknowledge(1);
         assert_eq!(t.get(&id("a")), Some(pos(5, 0)), "asked about, the tracker answers");
         assert_eq!(t.take_dirty().unwrap()[&id("a")].position, pos(5, 0));

@@ -25,7 +25,20 @@ impl Shell {
         }
         let pending = self.pending.take();
         let (lines, bytes) = (pending.entries.len() as u64, pending.bytes as u64);
-        let seq = self.args.acks.next_seq();
+        let cursor = position.cursor;
+        self.args.status.update(|s| {
+            s.lines += lines;
+            s.bytes += bytes;
+            s.last_read = Some(Timestamp::now());
+            s.last_entry_timestamp = pending.last_timestamp;
+            s.cursor_since = Timestamp::from_second(cursor.since).ok();
+            s.cursor_skip = cursor.skip;
+            // Changes at a restart only: no allocation per chunk.
+            if s.container_id.as_deref() != position.container_id.as_deref() {
+                s.container_id = position.container_id.as_deref().map(str::to_string);
+            }
+        });
+        let seq = self.args.acks.send(position, pending.read_at);
         let stream = self.args.target.borrow().stream.clone();
         let acks = Some(self.args.acks.clone() as AckSender);
         let chunk = Chunk::new(
@@ -36,20 +49,7 @@ impl Shell {
             pending.read_at,
             acks,
         );
-        self.args.acks.sent(seq, position.clone(), pending.read_at);
         telemetry::lines_read(lines, bytes);
-        self.args.status.update(|s| {
-            s.lines += lines;
-            s.bytes += bytes;
-            s.last_read = Some(Timestamp::now());
-            s.last_entry_timestamp = pending.last_timestamp;
-            s.cursor_since = Timestamp::from_second(position.cursor.since).ok();
-            s.cursor_skip = position.cursor.skip;
-            // Changes at a restart only: no allocation per chunk.
-            if s.container_id.as_deref() != position.container_id.as_deref() {
-                s.container_id = position.container_id.as_deref().map(str::to_string);
-            }
-        });
         self.args.forwarder.send(chunk).await
     }
 }
