@@ -354,9 +354,7 @@ impl Handler<GetTargets> for Registry {
             .tailers
             .values()
             .map(|t| {
-                let mut status = t.status.snapshot();
-                status.acknowledged = t.acks.acknowledged();
-                status.chunks_in_flight = t.acks.in_flight();
+                let status = t.status.show(&t.acks);
                 TargetView {
                     id: Some(t.target.id.clone()),
                     labels: t.target.stream.labels.pairs().iter().cloned().collect(),

@@ -111,6 +111,41 @@ struct Tracked {
     /// When the acknowledged position last moved, if it moved since the last
     /// [`TargetAcks::take_moved`].
     moved_at: Option<Timestamp>,
+    /// Totals over every chunk sent, for the status page.
+    sent: Sent,
+}
+
+/// One chunk as its tailer sends it: when its first line was read, its size, and the
+/// timestamp of its last entry.
+#[derive(Clone, Copy, Debug)]
+pub struct SentChunk {
+    pub read_at: Instant,
+    pub lines: u64,
+    pub bytes: u64,
+    pub last_entry: Option<Timestamp>,
+}
+
+/// Totals over every chunk a target sent (across its tailers), kept with the acknowledgement
+/// bookkeeping that each chunk locks anyway rather than behind a lock of their own.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub lines: u64,
+    pub bytes: u64,
+    /// When the first line of the last chunk was read.
+    pub last_read: Option<Instant>,
+    /// The timestamp of the last entry sent.
+    pub last_entry: Option<Timestamp>,
+}
+
+/// A target's acknowledgement state and send totals, read together (the status page).
+#[derive(Clone, Debug)]
+pub struct AckView {
+    /// The position after the last chunk sent (acknowledged or not), else the acknowledged
+    /// or stored one.
+    pub latest: Option<Position>,
+    pub acknowledged: Option<Position>,
+    pub in_flight: usize,
+    pub sent: Sent,
 }
 
 impl TargetAcks {
@@ -123,6 +158,7 @@ impl TargetAcks {
                 last_seq: 0,
                 read_at: VecDeque::new(),
                 moved_at: None,
+                sent: Sent::default(),
             }),
         })
     }
@@ -136,16 +172,34 @@ impl TargetAcks {
         self.tracker.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A chunk read at `read_at` leaves with the position `after` its last line: returns its
-    /// sequence number (one lock for both: this tracker's lock is shared with the receivers'
-    /// thread, so each taking of it may move its cache line between cores).
-    pub fn send(&self, after: Position, read_at: Instant) -> u64 {
+    /// A chunk leaves with the position `after` its last line: returns its sequence number.
+    /// One lock for all of it: this tracker's lock is shared with the receivers' thread, so
+    /// each taking of it may move its cache line between cores.
+    pub fn send(&self, after: Position, chunk: SentChunk) -> u64 {
         let mut t = self.lock();
         t.last_seq += 1;
         let seq = t.last_seq;
         t.tracker.sent(seq, after);
-        t.read_at.push_back((seq, read_at));
+        t.read_at.push_back((seq, chunk.read_at));
+        let sent = &mut t.sent;
+        sent.lines += chunk.lines;
+        sent.bytes += chunk.bytes;
+        sent.last_read = Some(chunk.read_at);
+        if chunk.last_entry.is_some() {
+            sent.last_entry = chunk.last_entry;
+        }
         seq
+    }
+
+    /// The acknowledgement state and send totals, under one lock.
+    pub fn view(&self) -> AckView {
+        let t = self.lock();
+        AckView {
+            latest: t.tracker.latest().cloned(),
+            acknowledged: t.tracker.acknowledged().cloned(),
+            in_flight: t.tracker.in_flight(),
+            sent: t.sent.clone(),
+        }
     }
 
     /// Where a new tailer of this target resumes: after the last chunk sent (chunks still in

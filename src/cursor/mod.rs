@@ -12,5 +12,5 @@
 pub mod acks;
 pub mod read;
 
-pub use acks::{AckTracker, TargetAcks};
+pub use acks::{AckTracker, AckView, Sent, SentChunk, TargetAcks};
 pub use read::{Admit, Cursor, Position, REORDER_WINDOW_SECONDS, ReadCursor};

@@ -331,8 +331,14 @@ mod tests {
         assert_eq!(t.take_dirty(), None, "nothing moved yet");
         assert_eq!(t.get(&id("a")), Some(pos(1, 0)), "the tracker's start");
 
-        assert_eq!(acks.send(pos(5, 0), Instant::now()), 1);
-        assert_eq!(acks.send(pos(9, 1), Instant::now()), 2);
+        let chunk = crate::cursor::SentChunk {
+            read_at: Instant::now(),
+            lines: 1,
+            bytes: 10,
+            last_entry: None,
+        };
+        assert_eq!(acks.send(pos(5, 0), chunk), 1);
+        assert_eq!(acks.send(pos(9, 1), chunk), 2);
         acks.acknowledge(1);
         assert_eq!(t.get(&id("a")), Some(pos(5, 0)), "asked about, the tracker answers");
         assert_eq!(t.take_dirty().unwrap()[&id("a")].position, pos(5, 0));

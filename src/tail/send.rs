@@ -2,11 +2,9 @@
 //! [`Chunk`], awaiting the send (a full receiver queue pushes back to the stream), and records
 //! the position after it with the target's acknowledgement tracker.
 
-use jiff::Timestamp;
-
 use super::stream::Shell;
 use crate::chunk::{AckSender, Chunk};
-use crate::cursor::Position;
+use crate::cursor::{Position, SentChunk};
 use crate::telemetry;
 
 impl Shell {
@@ -24,21 +22,23 @@ impl Shell {
             return true;
         }
         let pending = self.pending.take();
+        // The status shows the container instance; it changes at a restart only, so the
+        // status lock is taken then and not per chunk (the totals are kept by the tracker).
+        if self.shown_container != position.container_id {
+            let id = position.container_id.as_deref().map(str::to_string);
+            self.args.status.update(|s| s.container_id = id);
+            self.shown_container = position.container_id.clone();
+        }
         let (lines, bytes) = (pending.entries.len() as u64, pending.bytes as u64);
-        let cursor = position.cursor;
-        self.args.status.update(|s| {
-            s.lines += lines;
-            s.bytes += bytes;
-            s.last_read = Some(Timestamp::now());
-            s.last_entry_timestamp = pending.last_timestamp;
-            s.cursor_since = Timestamp::from_second(cursor.since).ok();
-            s.cursor_skip = cursor.skip;
-            // Changes at a restart only: no allocation per chunk.
-            if s.container_id.as_deref() != position.container_id.as_deref() {
-                s.container_id = position.container_id.as_deref().map(str::to_string);
-            }
-        });
-        let seq = self.args.acks.send(position, pending.read_at);
+        let seq = self.args.acks.send(
+            position,
+            SentChunk {
+                read_at: pending.read_at,
+                lines,
+                bytes,
+                last_entry: pending.last_timestamp,
+            },
+        );
         let stream = self.args.target.borrow().stream.clone();
         let acks = Some(self.args.acks.clone() as AckSender);
         let chunk = Chunk::new(

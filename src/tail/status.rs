@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::cursor::Position;
+use crate::cursor::{AckView, Position, TargetAcks};
 use crate::telemetry::TargetsState;
 
 /// A target's life cycle state.
@@ -57,18 +57,21 @@ impl From<TargetState> for TargetsState {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct TailerSnapshot {
     pub state: TargetState,
+    /// When the last chunk's first line was read (from the tracker, see [`TailerStatus::show`]).
     pub last_read: Option<Timestamp>,
+    /// The timestamp of the last entry sent (from the tracker).
     pub last_entry_timestamp: Option<Timestamp>,
     pub last_error: Option<String>,
-    /// The read cursor, `since` as RFC 3339 and `skip`.
+    /// The cursor after the last chunk sent, `since` as RFC 3339 and `skip` (from the tracker).
     pub cursor_since: Option<Timestamp>,
     pub cursor_skip: u64,
     pub container_id: Option<String>,
-    /// The position every receiver acknowledged (what positions persist, SPEC §4.4); filled
-    /// from the target's tracker when the status is shown.
+    /// The position every receiver acknowledged (what positions persist, SPEC §4.4; from the
+    /// tracker).
     pub acknowledged: Option<Position>,
-    /// Chunks sent and not yet acknowledged; filled like `acknowledged`.
+    /// Chunks sent and not yet acknowledged (from the tracker).
     pub chunks_in_flight: usize,
+    /// Lines and bytes sent (from the tracker).
     pub lines: u64,
     pub bytes: u64,
     pub reconnects: u64,
@@ -82,6 +85,33 @@ impl TailerStatus {
     /// A copy of the current status.
     pub fn snapshot(&self) -> TailerSnapshot {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The status as shown: this tailer's own fields, and what its target's acknowledgement
+    /// tracker keeps (the position, chunks in flight, totals sent: the tracker's lock is taken
+    /// for every chunk anyway, so they are kept there rather than under a second lock).
+    pub fn show(&self, acks: &TargetAcks) -> TailerSnapshot {
+        let mut s = self.snapshot();
+        let AckView {
+            latest,
+            acknowledged,
+            in_flight,
+            sent,
+        } = acks.view();
+        if let Some(p) = &latest {
+            s.cursor_since = Timestamp::from_second(p.cursor.since).ok();
+            s.cursor_skip = p.cursor.skip;
+        }
+        s.acknowledged = acknowledged;
+        s.chunks_in_flight = in_flight;
+        s.lines = sent.lines;
+        s.bytes = sent.bytes;
+        s.last_read = sent.last_read.and_then(|at| {
+            let ago = jiff::SignedDuration::try_from(at.elapsed()).ok()?;
+            Timestamp::now().checked_sub(ago).ok()
+        });
+        s.last_entry_timestamp = sent.last_entry;
+        s
     }
 
     /// The state alone, without copying the rest (the registry counts states of thousands of

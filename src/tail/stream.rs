@@ -83,6 +83,8 @@ pub(super) struct Shell {
     pub(super) pending: Pending,
     /// A stream was opened before: later opens count as reconnects.
     pub(super) opened_once: bool,
+    /// The container instance the status shows.
+    pub(super) shown_container: Option<Arc<str>>,
 }
 
 impl ReadLoop {
@@ -109,6 +111,7 @@ impl ReadLoop {
             cursor: ReadCursor::new(cursor),
             pending: Pending::new(),
             opened_once: false,
+            shown_container: None,
             args: self,
         };
         shell.run(first).await;
@@ -169,6 +172,7 @@ impl Shell {
             self.cursor = ReadCursor::new(Cursor::BEGINNING);
             let id = self.machine.container_id.as_deref().map(str::to_string);
             self.args.status.update(|s| s.container_id = id);
+            self.shown_container = self.machine.container_id.clone();
         }
         // Known to be another instance already (a restart while we were away): don't open.
         if read == Read::Follow && !self.watched_instance_is_ours() {
@@ -454,6 +458,7 @@ mod tests {
             cursor: ReadCursor::new(Cursor::BEGINNING),
             pending: Pending::new(),
             opened_once: true,
+            shown_container: None,
             args: ReadLoop {
                 acks: TargetAcks::new(id.clone(), None),
                 id: Arc::new(id),

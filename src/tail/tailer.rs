@@ -419,7 +419,7 @@ mod tests {
             "the stream was cut"
         );
 
-        let snapshot = status.snapshot();
+        let snapshot = status.show(&acks);
         assert_eq!(snapshot.state, TargetState::Finished);
         assert_eq!(snapshot.lines, 600);
         let seqs = seqs.lock().unwrap().clone();
