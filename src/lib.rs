@@ -19,8 +19,8 @@
 //!
 //! - [`positions`] keeps each target's *acknowledged* cursor (SPEC §4.4): chunks carry an
 //!   acknowledgement back to their target's tracker ([`cursor::TargetAcks`]), which moves the
-//!   stored position only past lines every receiver finished with; the file and ConfigMap
-//!   backends make restarts exact.
+//!   acknowledged position only past lines every receiver finished with; the positions table
+//!   collects it from the trackers, and the file and ConfigMap backends make restarts exact.
 //! - [`cluster`] (when `[clustering]` is on) sits between discovery and the registry: replicas
 //!   keep Leases, own targets by rendezvous hashing and hand them over through the positions
 //!   ConfigMaps, so no target is tailed twice or left behind.

@@ -340,7 +340,11 @@ mod tests {
         assert_eq!(acks.send(pos(5, 0), chunk), 1);
         assert_eq!(acks.send(pos(9, 1), chunk), 2);
         acks.acknowledge(1);
-        assert_eq!(t.get(&id("a")), Some(pos(5, 0)), "asked about, the tracker answers");
+        assert_eq!(
+            t.get(&id("a")),
+            Some(pos(5, 0)),
+            "asked about, the tracker answers"
+        );
         assert_eq!(t.take_dirty().unwrap()[&id("a")].position, pos(5, 0));
         assert_eq!(t.take_dirty(), None, "collected once");
 
@@ -349,11 +353,18 @@ mod tests {
         let in_flight: Arc<dyn Acknowledge> = acks.clone();
         drop(acks);
         assert_eq!(t.take_dirty(), None);
-        assert_eq!(t.lock().live.len(), 1, "held while a chunk can still acknowledge");
+        assert_eq!(
+            t.lock().live.len(),
+            1,
+            "held while a chunk can still acknowledge"
+        );
         in_flight.acknowledge(2);
         drop(in_flight);
         assert_eq!(t.take_dirty().unwrap()[&id("a")].position, pos(9, 1));
-        assert!(t.lock().live.is_empty(), "forgotten once its last position was taken");
+        assert!(
+            t.lock().live.is_empty(),
+            "forgotten once its last position was taken"
+        );
         assert_eq!(t.get(&id("a")), Some(pos(9, 1)), "then the table answers");
     }
 

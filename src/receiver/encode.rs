@@ -366,11 +366,11 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::target::fnv1a;
     use crate::chunk::{Chunk, Entry};
     use crate::receiver::batch::Batcher;
     use crate::receiver::queue::QueuedChunk;
     use crate::receiver::test_support::chunk_full;
+    use crate::target::fnv1a;
     use crate::target::{Labels, TargetId};
 
     const NO_LIMITS: Limits = Limits {
