@@ -142,13 +142,17 @@ impl PositionsTable {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The stored position of a target, if any (its registered tracker's, when it has one).
+    /// The stored position of a target, if any, after taking what its registered tracker (if
+    /// any) moved to.
     pub fn get(&self, id: &TargetId) -> Option<Position> {
-        let inner = self.lock();
-        match inner.live.get(id) {
-            Some(acks) => acks.acknowledged(),
-            None => inner.entries.get(id).map(|e| e.stored.position.clone()),
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        if let Some((position, updated)) = inner.live.get(id).and_then(|acks| acks.take_moved())
+            && Inner::store(&mut inner.entries, id, Stored { position, updated })
+        {
+            inner.dirty = true;
         }
+        inner.entries.get(id).map(|e| e.stored.position.clone())
     }
 
     /// Records a position (one no tracker reports).
@@ -325,11 +329,11 @@ mod tests {
     #[test]
     fn positions_are_collected_from_trackers_and_a_late_acknowledgement_is_still_written() {
         use crate::chunk::Acknowledge;
-        let t = PositionsTable::default();
-        let acks = TargetAcks::new(id("a"), Some(pos(1, 0)));
+        let t = PositionsTable::new(BTreeMap::from([(id("a"), stored(1, Timestamp::now()))]));
+        let acks = TargetAcks::new(id("a"), t.get(&id("a")));
         t.register(&acks);
         assert_eq!(t.take_dirty(), None, "nothing moved yet");
-        assert_eq!(t.get(&id("a")), Some(pos(1, 0)), "the tracker's start");
+        assert_eq!(t.get(&id("a")), Some(pos(1, 0)), "the stored start");
 
         let chunk = crate::cursor::SentChunk {
             read_at: Instant::now(),
@@ -343,7 +347,7 @@ mod tests {
         assert_eq!(
             t.get(&id("a")),
             Some(pos(5, 0)),
-            "asked about, the tracker answers"
+            "asked about, the table takes the tracker's position"
         );
         assert_eq!(t.take_dirty().unwrap()[&id("a")].position, pos(5, 0));
         assert_eq!(t.take_dirty(), None, "collected once");
@@ -366,6 +370,27 @@ mod tests {
             "forgotten once its last position was taken"
         );
         assert_eq!(t.get(&id("a")), Some(pos(9, 1)), "then the table answers");
+    }
+
+    #[test]
+    fn a_newer_position_absorbed_from_another_replica_wins_over_a_tracker_that_did_not_move() {
+        use crate::chunk::Acknowledge;
+        let t = PositionsTable::default();
+        let acks = TargetAcks::new(id("a"), Some(pos(1, 0)));
+        t.register(&acks);
+        let chunk = crate::cursor::SentChunk {
+            read_at: Instant::now(),
+            lines: 1,
+            bytes: 10,
+            last_entry: None,
+        };
+        acks.send(pos(5, 0), chunk);
+        acks.acknowledge(1);
+        // Another replica tailed the target later and got further.
+        let later = Timestamp::now() + jiff::SignedDuration::from_secs(60);
+        t.absorb(BTreeMap::from([(id("a"), stored(9, later))]));
+        assert_eq!(t.get(&id("a")), Some(pos(9, 0)));
+        assert_eq!(t.take_dirty().unwrap()[&id("a")].position, pos(9, 0));
     }
 
     #[test]
