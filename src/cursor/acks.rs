@@ -224,16 +224,6 @@ impl TargetAcks {
         self.lock().read_at.front().map(|(_, at)| *at)
     }
 
-    /// The acknowledged position so far.
-    pub fn acknowledged(&self) -> Option<Position> {
-        self.lock().tracker.acknowledged().cloned()
-    }
-
-    /// Chunks sent and not yet acknowledged (or waiting for an older one).
-    pub fn in_flight(&self) -> usize {
-        self.lock().tracker.in_flight()
-    }
-
     /// The acknowledged position and when it moved, if it moved since the last call (the
     /// positions table's way of collecting what to write).
     pub fn take_moved(&self) -> Option<(Position, Timestamp)> {

@@ -81,12 +81,22 @@ impl Inner {
             // Counted before the position is taken: at one, no chunk is left to acknowledge,
             // so what is taken now is the tracker's last word.
             let orphaned = Arc::strong_count(acks) == 1;
-            if let Some((position, updated)) = acks.take_moved() {
-                dirty |= Inner::store(entries, id, Stored { position, updated });
-            }
+            dirty |= Inner::take_moved(entries, id, acks);
             !orphaned
         });
         self.dirty |= dirty;
+    }
+
+    /// Stores what `acks` moved to since it was last asked, if anything; true when that
+    /// changed the entry of `id`.
+    fn take_moved(
+        entries: &mut HashMap<TargetId, Entry, foldhash::fast::RandomState>,
+        id: &TargetId,
+        acks: &TargetAcks,
+    ) -> bool {
+        acks.take_moved().is_some_and(|(position, updated)| {
+            Inner::store(entries, id, Stored { position, updated })
+        })
     }
 
     /// Stores a position; true when it changed the entry.
@@ -147,10 +157,8 @@ impl PositionsTable {
     pub fn get(&self, id: &TargetId) -> Option<Position> {
         let mut inner = self.lock();
         let inner = &mut *inner;
-        if let Some((position, updated)) = inner.live.get(id).and_then(|acks| acks.take_moved())
-            && Inner::store(&mut inner.entries, id, Stored { position, updated })
-        {
-            inner.dirty = true;
+        if let Some(acks) = inner.live.get(id) {
+            inner.dirty |= Inner::take_moved(&mut inner.entries, id, acks);
         }
         inner.entries.get(id).map(|e| e.stored.position.clone())
     }
@@ -205,11 +213,9 @@ impl PositionsTable {
     /// A tracker registered before for the same target has its position collected first.
     pub fn register(&self, acks: &Arc<TargetAcks>) {
         let mut inner = self.lock();
-        if let Some(old) = inner.live.insert(acks.id().clone(), acks.clone())
-            && let Some((position, updated)) = old.take_moved()
-            && Inner::store(&mut inner.entries, acks.id(), Stored { position, updated })
-        {
-            inner.dirty = true;
+        let inner = &mut *inner;
+        if let Some(old) = inner.live.insert(acks.id().clone(), acks.clone()) {
+            inner.dirty |= Inner::take_moved(&mut inner.entries, acks.id(), &old);
         }
     }
 

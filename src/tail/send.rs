@@ -22,13 +22,8 @@ impl Shell {
             return true;
         }
         let pending = self.pending.take();
-        // The status shows the container instance; it changes at a restart only, so the
-        // status lock is taken then and not per chunk (the totals are kept by the tracker).
-        if self.shown_container != position.container_id {
-            let id = position.container_id.as_deref().map(str::to_string);
-            self.args.status.update(|s| s.container_id = id);
-            self.shown_container = position.container_id.clone();
-        }
+        // The totals go to the tracker; the status only learns of a new container instance.
+        self.show_container();
         let (lines, bytes) = (pending.entries.len() as u64, pending.bytes as u64);
         let seq = self.args.acks.send(
             position,

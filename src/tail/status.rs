@@ -1,7 +1,7 @@
 //! What a tailer shows about itself in `/api/v1/targets` and the status page (SPEC §8.3).
 //!
-//! Written by the tailer, read by the HTTP server through the registry. A plain mutex: it is
-//! touched once per chunk, not per line.
+//! Written by the tailer when its state changes, read by the HTTP server through the registry
+//! together with what the target's acknowledgement tracker keeps per chunk.
 
 use std::sync::Mutex;
 
@@ -53,11 +53,11 @@ impl From<TargetState> for TargetsState {
     }
 }
 
-/// A snapshot of one tailer.
+/// A snapshot of one tailer, as [`TailerStatus::show`] builds it.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct TailerSnapshot {
     pub state: TargetState,
-    /// When the last chunk's first line was read (from the tracker, see [`TailerStatus::show`]).
+    /// When the last chunk's first line was read (from the tracker).
     pub last_read: Option<Timestamp>,
     /// The timestamp of the last entry sent (from the tracker).
     pub last_entry_timestamp: Option<Timestamp>,
@@ -77,51 +77,73 @@ pub struct TailerSnapshot {
     pub reconnects: u64,
 }
 
+/// What a tailer writes about itself (state changes, errors, a new container instance, stream
+/// opens); the rest of its [`TailerSnapshot`] comes from its target's acknowledgement tracker.
+#[derive(Clone, Debug, Default)]
+pub struct OwnStatus {
+    pub state: TargetState,
+    pub last_error: Option<String>,
+    pub container_id: Option<String>,
+    pub reconnects: u64,
+}
+
 /// Shared, updatable status of a tailer.
 #[derive(Debug, Default)]
-pub struct TailerStatus(Mutex<TailerSnapshot>);
+pub struct TailerStatus(Mutex<OwnStatus>);
 
 impl TailerStatus {
-    /// A copy of the current status.
-    pub fn snapshot(&self) -> TailerSnapshot {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    fn lock(&self) -> std::sync::MutexGuard<'_, OwnStatus> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The status as shown: this tailer's own fields, and what its target's acknowledgement
     /// tracker keeps (the position, chunks in flight, totals sent: the tracker's lock is taken
     /// for every chunk anyway, so they are kept there rather than under a second lock).
     pub fn show(&self, acks: &TargetAcks) -> TailerSnapshot {
-        let mut s = self.snapshot();
+        let OwnStatus {
+            state,
+            last_error,
+            container_id,
+            reconnects,
+        } = self.lock().clone();
         let AckView {
             latest,
             acknowledged,
             in_flight,
             sent,
         } = acks.view();
-        if let Some(p) = &latest {
-            s.cursor_since = Timestamp::from_second(p.cursor.since).ok();
-            s.cursor_skip = p.cursor.skip;
+        let cursor = latest.map(|p| p.cursor);
+        TailerSnapshot {
+            state,
+            last_read: sent.last_read.and_then(|at| {
+                let ago = jiff::SignedDuration::try_from(at.elapsed()).ok()?;
+                Timestamp::now().checked_sub(ago).ok()
+            }),
+            last_entry_timestamp: sent.last_entry,
+            last_error,
+            cursor_since: cursor.and_then(|c| Timestamp::from_second(c.since).ok()),
+            cursor_skip: cursor.map_or(0, |c| c.skip),
+            container_id,
+            acknowledged,
+            chunks_in_flight: in_flight,
+            lines: sent.lines,
+            bytes: sent.bytes,
+            reconnects,
         }
-        s.acknowledged = acknowledged;
-        s.chunks_in_flight = in_flight;
-        s.lines = sent.lines;
-        s.bytes = sent.bytes;
-        s.last_read = sent.last_read.and_then(|at| {
-            let ago = jiff::SignedDuration::try_from(at.elapsed()).ok()?;
-            Timestamp::now().checked_sub(ago).ok()
-        });
-        s.last_entry_timestamp = sent.last_entry;
-        s
     }
 
-    /// The state alone, without copying the rest (the registry counts states of thousands of
-    /// tailers every two seconds).
+    /// The state alone (the registry counts states of thousands of tailers every two seconds).
     pub fn state(&self) -> TargetState {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).state
+        self.lock().state
     }
 
-    /// Changes the status in place.
-    pub fn update(&self, f: impl FnOnce(&mut TailerSnapshot)) {
-        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    /// The container instance the tailer follows, as last shown.
+    pub fn container_id(&self) -> Option<String> {
+        self.lock().container_id.clone()
+    }
+
+    /// Changes the tailer's own fields in place.
+    pub fn update(&self, f: impl FnOnce(&mut OwnStatus)) {
+        f(&mut self.lock())
     }
 }

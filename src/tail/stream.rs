@@ -170,9 +170,7 @@ impl Shell {
         if from_beginning {
             tracing::info!(target = %self.args.id, "following the new instance from its beginning");
             self.cursor = ReadCursor::new(Cursor::BEGINNING);
-            let id = self.machine.container_id.as_deref().map(str::to_string);
-            self.args.status.update(|s| s.container_id = id);
-            self.shown_container = self.machine.container_id.clone();
+            self.show_container();
         }
         // Known to be another instance already (a restart while we were away): don't open.
         if read == Read::Follow && !self.watched_instance_is_ours() {
@@ -363,6 +361,16 @@ impl Shell {
 
     pub(super) fn set_state(&self, state: TargetState) {
         self.args.status.update(|s| s.state = state);
+    }
+
+    /// Shows the container instance the machine follows in the status, if it is not shown yet
+    /// (it changes at a restart only: no status lock per chunk).
+    pub(super) fn show_container(&mut self) {
+        if self.shown_container != self.machine.container_id {
+            let id = self.machine.container_id.as_deref().map(str::to_string);
+            self.args.status.update(|s| s.container_id = id);
+            self.shown_container = self.machine.container_id.clone();
+        }
     }
 }
 

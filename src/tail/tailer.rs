@@ -142,7 +142,7 @@ impl Actor for Tailer {
                         s.state = TargetState::Backoff;
                         s.last_error = Some(message.clone());
                     });
-                    (act.status.snapshot().container_id, Some(message))
+                    (act.status.container_id(), Some(message))
                 }
             };
             act.registry.do_send(TailerFinished {
@@ -375,8 +375,7 @@ mod tests {
         );
         let got = h.lines.lock().unwrap().clone();
         assert_eq!(got, written, "both instances, every line once, in order");
-        let snapshot = h.status.snapshot();
-        assert_eq!(done.container_id, snapshot.container_id);
+        assert_eq!(done.container_id, h.status.container_id());
         assert!(done.container_id.is_some());
     }
 
@@ -427,8 +426,8 @@ mod tests {
             seqs.windows(2).all(|w| w[1] == w[0] + 1),
             "seqs increase by one"
         );
-        assert_eq!(acks.in_flight(), 0);
-        let acked = acks.acknowledged().expect("an acknowledged position");
+        assert_eq!(snapshot.chunks_in_flight, 0);
+        let acked = snapshot.acknowledged.expect("an acknowledged position");
         assert_eq!(
             acked.cursor,
             crate::cursor::Cursor {
