@@ -34,6 +34,7 @@ use super::line::LineSplitter;
 use super::machine::{Action, Event, Settings, Tail};
 use super::pending::Pending;
 use super::request::{self, Read};
+use super::send::CurrentStream;
 use super::status::{TailerStatus, TargetState};
 use super::watches::Watches;
 use crate::config::model::TailConfig;
@@ -85,6 +86,8 @@ pub(super) struct Shell {
     pub(super) opened_once: bool,
     /// The container instance the status shows.
     pub(super) shown_container: Option<Arc<str>>,
+    /// The stream chunks carry.
+    pub(super) stream: CurrentStream,
 }
 
 impl ReadLoop {
@@ -112,6 +115,7 @@ impl ReadLoop {
             pending: Pending::new(),
             opened_once: false,
             shown_container: None,
+            stream: CurrentStream::new(&self.target),
             args: self,
         };
         shell.run(first).await;
@@ -388,7 +392,7 @@ pub(super) trait Frames: Stream<Item = std::io::Result<Bytes>> + Unpin {}
 impl<T: Stream<Item = std::io::Result<Bytes>> + Unpin> Frames for T {}
 
 /// The body's next frame (`None` at its end). The lines inside are sub-slices of it: nothing is
-/// copied. Cancel-safe: a frame is taken only when it is ready.
+/// copied (but see [`logs::unpin`]). Cancel-safe: a frame is taken only when it is ready.
 async fn next_frame<F: Frames>(frames: &mut F) -> std::io::Result<Option<Bytes>> {
     frames.next().await.transpose()
 }
@@ -467,6 +471,7 @@ mod tests {
             pending: Pending::new(),
             opened_once: true,
             shown_container: None,
+            stream: CurrentStream::new(&target),
             args: ReadLoop {
                 acks: TargetAcks::new(id.clone(), None),
                 id: Arc::new(id),
