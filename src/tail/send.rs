@@ -2,10 +2,42 @@
 //! [`Chunk`], awaiting the send (a full receiver queue pushes back to the stream), and records
 //! the position after it with the target's acknowledgement tracker.
 
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
 use super::stream::Shell;
 use crate::chunk::{AckSender, Chunk};
 use crate::cursor::{Position, SentChunk};
+use crate::target::{Stream, Target};
 use crate::telemetry;
+
+/// The target's stream (labels, tenant) that chunks carry, taken again only when the target
+/// changed. Reading it from the target's watch for every chunk took the watch's lock: at
+/// 5,000 quiet containers every chunk is one line and every target's watch is cold in the
+/// cache, so that lock was a tenth of a chunk's cost. Its own receiver, because whether the
+/// container's state changed is the other receiver's business ([`super::decide`]).
+pub(super) struct CurrentStream {
+    target: watch::Receiver<Target>,
+    stream: Arc<Stream>,
+}
+
+impl CurrentStream {
+    pub(super) fn new(target: &watch::Receiver<Target>) -> CurrentStream {
+        let mut target = target.clone();
+        let stream = target.borrow_and_update().stream.clone();
+        CurrentStream { target, stream }
+    }
+
+    /// The stream as the target has it now.
+    fn get(&mut self) -> Arc<Stream> {
+        // A closed watch (the target is gone) keeps the last stream: the drain sends with it.
+        if self.target.has_changed().unwrap_or(false) {
+            self.stream = self.target.borrow_and_update().stream.clone();
+        }
+        self.stream.clone()
+    }
+}
 
 impl Shell {
     /// Sends the pending chunk (awaiting the forwarder: back-pressure). False when the
@@ -34,16 +66,9 @@ impl Shell {
                 last_entry: pending.last_timestamp,
             },
         );
-        let stream = self.args.target.borrow().stream.clone();
+        let stream = self.stream.get();
         let acks = Some(self.args.acks.clone() as AckSender);
-        let chunk = Chunk::new(
-            self.args.id.clone(),
-            stream,
-            pending.entries,
-            seq,
-            pending.read_at,
-            acks,
-        );
+        let chunk = Chunk::new(stream, pending.entries, seq, pending.read_at, acks);
         telemetry::lines_read(lines, bytes);
         self.args.forwarder.send(chunk).await
     }
