@@ -25,7 +25,7 @@ use kube_log_relay::receiver::encode;
 use kube_log_relay::receiver::limits::Limits;
 use kube_log_relay::receiver::queue::QueuedChunk;
 use kube_log_relay::tail::line::{LineParser, LineSplitter};
-use kube_log_relay::target::{Labels, Stream, TargetId};
+use kube_log_relay::target::{Labels, Stream};
 
 /// Lines per chunk, the default `chunk_lines`.
 const CHUNK_LINES: usize = 512;
@@ -86,14 +86,8 @@ fn tail(c: &mut Criterion) {
 
 /// `chunks` chunks of [`CHUNK_LINES`] lines from 10 streams (a chunk's stream is `i % 10`).
 fn chunks(chunks: usize) -> Vec<Arc<Chunk>> {
-    let streams: Vec<(Arc<TargetId>, Arc<Stream>)> = (0..10)
+    let streams: Vec<Arc<Stream>> = (0..10)
         .map(|i| {
-            let id = TargetId {
-                namespace: "bench".into(),
-                pod: format!("p-{i}"),
-                container: "c".into(),
-                uid: format!("u-{i}"),
-            };
             let labels = Labels::from_pairs([
                 ("container".to_string(), "c".to_string()),
                 ("job".to_string(), "bench/c".to_string()),
@@ -104,13 +98,13 @@ fn chunks(chunks: usize) -> Vec<Arc<Chunk>> {
                 labels,
                 tenant: None,
             };
-            (Arc::new(id), Arc::new(stream))
+            Arc::new(stream)
         })
         .collect();
     let start = Timestamp::from_second(1_700_000_000).expect("valid");
     (0..chunks)
         .map(|i| {
-            let (target, stream) = &streams[i % streams.len()];
+            let stream = &streams[i % streams.len()];
             let entries = (0..CHUNK_LINES)
                 .map(|n| Entry {
                     timestamp: start + Duration::from_millis((i * CHUNK_LINES + n) as u64),
@@ -118,7 +112,6 @@ fn chunks(chunks: usize) -> Vec<Arc<Chunk>> {
                 })
                 .collect();
             Arc::new(Chunk::new(
-                target.clone(),
                 stream.clone(),
                 entries,
                 i as u64,

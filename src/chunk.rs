@@ -17,7 +17,7 @@ use bytes::Bytes;
 use jiff::Timestamp;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::target::{Stream, TargetId};
+use crate::target::Stream;
 
 /// One log line with its timestamp.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,7 +49,7 @@ pub type AckSender = Arc<dyn Acknowledge>;
 /// A run of entries from one target, sent together.
 #[derive(Debug)]
 pub struct Chunk {
-    pub target: Arc<TargetId>,
+    /// Labels and tenant of the target it came from.
     pub stream: Arc<Stream>,
     pub entries: Vec<Entry>,
     /// Sum of the line lengths, what queues and batches account in.
@@ -71,7 +71,6 @@ impl std::fmt::Debug for dyn Acknowledge {
 impl Chunk {
     /// Builds a chunk; `ack` receives `seq` once every receiver finished with it.
     pub fn new(
-        target: Arc<TargetId>,
         stream: Arc<Stream>,
         entries: Vec<Entry>,
         seq: u64,
@@ -80,7 +79,6 @@ impl Chunk {
     ) -> Chunk {
         let bytes = entries.iter().map(|e| e.line.len()).sum();
         Chunk {
-            target,
             stream,
             entries,
             bytes,
@@ -179,14 +177,7 @@ pub(crate) mod test_support {
                 line: Bytes::copy_from_slice(l.as_bytes()),
             })
             .collect();
-        Chunk::new(
-            Arc::new(target_id("p")),
-            stream(tenant, labels),
-            entries,
-            seq,
-            Instant::now(),
-            ack,
-        )
+        Chunk::new(stream(tenant, labels), entries, seq, Instant::now(), ack)
     }
 }
 

@@ -370,8 +370,8 @@ mod tests {
     use crate::receiver::batch::Batcher;
     use crate::receiver::queue::QueuedChunk;
     use crate::receiver::test_support::chunk_full;
+    use crate::target::Labels;
     use crate::target::fnv1a;
-    use crate::target::{Labels, TargetId};
 
     const NO_LIMITS: Limits = Limits {
         max_label_names: 15,
@@ -439,12 +439,6 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_replaced_not_dropped() {
-        let id = Arc::new(TargetId {
-            namespace: "n".into(),
-            pod: "p".into(),
-            container: "c".into(),
-            uid: "u".into(),
-        });
         let stream = Arc::new(Stream {
             labels: Labels::from_pairs([("a".to_string(), "b".to_string())]),
             tenant: None,
@@ -453,7 +447,7 @@ mod tests {
             timestamp: jiff::Timestamp::UNIX_EPOCH,
             line: Bytes::from_static(b"ok \xff\xfe end"),
         };
-        let chunk = Arc::new(Chunk::new(id, stream, vec![entry], 0, Instant::now(), None));
+        let chunk = Arc::new(Chunk::new(stream, vec![entry], 0, Instant::now(), None));
         let req = decode(
             &encode(&batch_of(vec![chunk]), &[], &NO_LIMITS)
                 .unwrap()
@@ -536,12 +530,6 @@ mod tests {
                 })
                 .collect()
         };
-        let id = Arc::new(TargetId {
-            namespace: "n".into(),
-            pod: "p".into(),
-            container: "c".into(),
-            uid: "u".into(),
-        });
         let stream = |pairs: &[(&str, &str)]| {
             Arc::new(Stream {
                 labels: Labels::from_pairs(
@@ -555,7 +543,6 @@ mod tests {
             // Epoch (an empty Timestamp message), an empty line, invalid UTF-8, a line whose
             // length needs a two-byte varint, negative seconds.
             Arc::new(Chunk::new(
-                id.clone(),
                 stream(&[("app", "a")]),
                 entries(&[
                     (jiff::Timestamp::UNIX_EPOCH, b"first"),
@@ -570,7 +557,6 @@ mod tests {
             )),
             // No labels of its own: refused alone, sent with external labels.
             Arc::new(Chunk::new(
-                id,
                 stream(&[]),
                 entries(&[(when(1, 2), b"unlabelled")]),
                 2,

@@ -20,7 +20,7 @@ use kube_log_relay::config::{LokiConfig, OnFull};
 use kube_log_relay::forward::{Forward, Forwarder, Shutdown};
 use kube_log_relay::receiver::{ReceiverHandle, start_loki_on};
 use kube_log_relay::sim::loki::{LokiSink, Response};
-use kube_log_relay::target::{Labels, Stream, TargetId};
+use kube_log_relay::target::{Labels, Stream};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::time::Instant;
@@ -88,15 +88,6 @@ fn stream(labels: &[(&str, &str)], tenant: Option<&str>) -> Arc<Stream> {
     })
 }
 
-fn target() -> Arc<TargetId> {
-    Arc::new(TargetId {
-        namespace: "ns".into(),
-        pod: "p".into(),
-        container: "c".into(),
-        uid: "u".into(),
-    })
-}
-
 /// A tailer's chunk `seq`: `lines` lines named after it, 18 bytes each.
 fn chunk(stream: &Arc<Stream>, seq: u64, lines: usize, ack: &AckSender) -> Chunk {
     let entries = (0..lines)
@@ -106,7 +97,6 @@ fn chunk(stream: &Arc<Stream>, seq: u64, lines: usize, ack: &AckSender) -> Chunk
         })
         .collect();
     Chunk::new(
-        target(),
         stream.clone(),
         entries,
         seq,
