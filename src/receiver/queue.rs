@@ -31,7 +31,7 @@ use std::task::{Context, Poll};
 
 use futures::task::AtomicWaker;
 // Tokio's clock: batch ages start at `queued_at`, and tests drive them under paused time.
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{Notify, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
 use crate::chunk::Chunk;
@@ -139,6 +139,32 @@ impl Inbox {
 }
 
 impl Shared {
+    /// Queues `chunk`, which took `cost` permits of room (given back when it is released).
+    fn enqueue(self: &Arc<Self>, chunk: Arc<Chunk>, cost: u32) {
+        let cost = cost as usize;
+        self.queued_bytes.fetch_add(cost, Ordering::AcqRel);
+        self.queued_chunks.fetch_add(1, Ordering::AcqRel);
+        let queued = QueuedChunk {
+            chunk,
+            permit: Some(Permit {
+                shared: self.clone(),
+                bytes: cost,
+                room: cost,
+            }),
+            queued_at: Instant::now(),
+            finished: AtomicBool::new(false),
+        };
+        self.inbox.put(queued, cost);
+    }
+
+    /// The queue is closed to `chunk`: unfinished (read again after a restart), unless the
+    /// receiver was removed (then it is finished as dropped).
+    fn refused(&self, chunk: &Chunk) {
+        if self.retired.load(Ordering::Acquire) {
+            self.release(chunk);
+        }
+    }
+
     /// Finishes a chunk the retired receiver will never send, counting it as dropped.
     fn release(&self, chunk: &Chunk) {
         let entries = chunk.entries.len() as u64;
@@ -182,34 +208,25 @@ impl QueueSender {
     /// Queues a chunk. The future resolves once the chunk is queued, dropped (`on_full =
     /// "drop"`, finished and counted) or refused because the queue is closed (not finished).
     /// It holds no borrow of `self`, so the forwarder can await many at once.
+    ///
+    /// With room at once (the usual case, and always the decision of `drop`) the chunk is
+    /// queued before this returns, and the future holds nothing: only a chunk that waits for
+    /// room keeps a sender (and so the receiver's input) alive while it waits.
     pub fn push(&self, chunk: Arc<Chunk>) -> impl Future<Output = ()> + Send + 'static {
-        let sender = self.clone();
-        let shared = self.shared.clone();
+        let shared = &self.shared;
         let cost = cost(&chunk, shared.capacity);
-        // Decide at once for `drop`: a dropping receiver never makes the forwarder wait.
-        let immediate = match shared.on_full {
-            OnFull::Block => None,
-            OnFull::Drop => Some(shared.room.clone().try_acquire_many_owned(cost)),
-        };
-        async move {
-            let permit = match immediate {
-                None => match shared.room.clone().acquire_many_owned(cost).await {
-                    Ok(permit) => permit,
-                    Err(_closed) => {
-                        if shared.retired.load(Ordering::Acquire) {
-                            shared.release(&chunk);
-                        }
-                        return;
-                    }
-                },
-                Some(Ok(permit)) => permit,
-                Some(Err(TryAcquireError::Closed)) => {
-                    if shared.retired.load(Ordering::Acquire) {
-                        shared.release(&chunk);
-                    }
-                    return;
-                }
-                Some(Err(TryAcquireError::NoPermits)) => {
+        let waiting = match shared.room.try_acquire_many(cost) {
+            Ok(permit) => {
+                permit.forget();
+                shared.enqueue(chunk, cost);
+                None
+            }
+            Err(TryAcquireError::Closed) => {
+                shared.refused(&chunk);
+                None
+            }
+            Err(TryAcquireError::NoPermits) => match shared.on_full {
+                OnFull::Drop => {
                     let entries = chunk.entries.len() as u64;
                     shared.dropped_entries.fetch_add(entries, Ordering::Relaxed);
                     telemetry::dropped(
@@ -219,25 +236,23 @@ impl QueueSender {
                         chunk.bytes as u64,
                     );
                     chunk.finish();
-                    return;
+                    None
                 }
+                OnFull::Block => Some((self.clone(), chunk)),
+            },
+        };
+        async move {
+            let Some((sender, chunk)) = waiting else {
+                return;
             };
-            shared
-                .queued_bytes
-                .fetch_add(cost as usize, Ordering::AcqRel);
-            shared.queued_chunks.fetch_add(1, Ordering::AcqRel);
-            let queued = QueuedChunk {
-                chunk,
-                permit: Some(Permit {
-                    shared: shared.clone(),
-                    bytes: cost as usize,
-                    room: permit,
-                }),
-                queued_at: Instant::now(),
-                finished: AtomicBool::new(false),
-            };
-            shared.inbox.put(queued, cost as usize);
-            drop(sender);
+            let shared = &sender.shared;
+            match shared.room.acquire_many(cost).await {
+                Ok(permit) => {
+                    permit.forget();
+                    shared.enqueue(chunk, cost);
+                }
+                Err(_closed) => shared.refused(&chunk),
+            }
         }
     }
 
@@ -475,7 +490,7 @@ impl Drop for QueuedChunk {
 /// A batch's chunks all come from one queue: a receiver keeps its queue for life (a reload
 /// that changes it starts a new receiver).
 #[derive(Debug, Default)]
-pub struct Room(Option<OwnedSemaphorePermit>);
+pub struct Room(Option<(Arc<Semaphore>, usize)>);
 
 impl Room {
     /// Takes over the queue room `item` holds.
@@ -483,22 +498,33 @@ impl Room {
         let Some(permit) = item.permit.as_mut() else {
             return;
         };
-        let all = permit.room.num_permits();
-        let Some(taken) = permit.room.split(all) else {
+        let taken = std::mem::take(&mut permit.room);
+        if taken == 0 {
             return;
-        };
+        }
         match &mut self.0 {
-            Some(held) => held.merge(taken),
-            None => self.0 = Some(taken),
+            Some((_, held)) => *held += taken,
+            None => self.0 = Some((permit.shared.room.clone(), taken)),
         }
     }
 }
 
+impl Drop for Room {
+    fn drop(&mut self) {
+        if let Some((room, permits)) = self.0.take() {
+            room.add_permits(permits);
+        }
+    }
+}
+
+/// A queued chunk's share of the queue: its bytes in the counters, and the room (semaphore
+/// permits, taken with `forget` and given back with `add_permits`: no `Arc` of the semaphore
+/// per chunk) it holds until a batch takes that over.
 struct Permit {
     shared: Arc<Shared>,
     bytes: usize,
-    /// The queue's semaphore permits for `bytes` (moved to a batch's [`Room`] once batched).
-    room: OwnedSemaphorePermit,
+    /// Permits of the queue's semaphore this chunk still holds (0 once batched).
+    room: usize,
 }
 
 impl std::fmt::Debug for Permit {
@@ -509,6 +535,10 @@ impl std::fmt::Debug for Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        // The room first: it is back when the queue says idle.
+        if self.room > 0 {
+            self.shared.room.add_permits(self.room);
+        }
         self.shared
             .queued_bytes
             .fetch_sub(self.bytes, Ordering::AcqRel);
