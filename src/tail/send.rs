@@ -73,3 +73,34 @@ impl Shell {
         self.args.forwarder.send(chunk).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::test_support::{stream, target_id};
+
+    fn target(tenant: &str) -> Target {
+        Target {
+            id: target_id("p"),
+            stream: stream(Some(tenant), &[("app", "a")]),
+            discovered: Default::default(),
+            container_id: None,
+            state: None,
+        }
+    }
+
+    #[test]
+    fn chunks_carry_the_stream_the_target_has_now_and_the_last_one_once_it_is_gone() {
+        let (tx, rx) = watch::channel(target("one"));
+        let mut current = CurrentStream::new(&rx);
+        assert_eq!(current.get().tenant.as_deref(), Some("one"));
+        tx.send(target("two")).unwrap();
+        assert_eq!(current.get().tenant.as_deref(), Some("two"), "relabelled");
+        assert!(
+            rx.has_changed().unwrap(),
+            "the other receiver still sees the change"
+        );
+        drop(tx);
+        assert_eq!(current.get().tenant.as_deref(), Some("two"), "target gone");
+    }
+}
