@@ -67,7 +67,7 @@ const COPY_BELOW: usize = 4 * 1024;
 /// the buffer it frees, and a large frame (a busy stream) stays zero-copy. An HTTP/2 frame is a
 /// slice of a buffer its connection shares among all its streams' frames: copying it would
 /// only add an allocation per frame.
-pub fn unpin(frame: Bytes) -> Bytes {
+fn unpin(frame: Bytes) -> Bytes {
     if frame.len() < COPY_BELOW {
         Bytes::copy_from_slice(&frame)
     } else {

@@ -312,6 +312,16 @@ mod tests {
         }
     }
 
+    /// A chunk of one 10-byte line, read now.
+    fn one_line() -> crate::cursor::SentChunk {
+        crate::cursor::SentChunk {
+            read_at: Instant::now(),
+            lines: 1,
+            bytes: 10,
+            last_entry: None,
+        }
+    }
+
     fn stored(since: i64, updated: Timestamp) -> Stored {
         Stored {
             position: pos(since, 0),
@@ -341,14 +351,8 @@ mod tests {
         assert_eq!(t.take_dirty(), None, "nothing moved yet");
         assert_eq!(t.get(&id("a")), Some(pos(1, 0)), "the stored start");
 
-        let chunk = crate::cursor::SentChunk {
-            read_at: Instant::now(),
-            lines: 1,
-            bytes: 10,
-            last_entry: None,
-        };
-        assert_eq!(acks.send(pos(5, 0), chunk), 1);
-        assert_eq!(acks.send(pos(9, 1), chunk), 2);
+        assert_eq!(acks.send(pos(5, 0), one_line()), 1);
+        assert_eq!(acks.send(pos(9, 1), one_line()), 2);
         acks.acknowledge(1);
         assert_eq!(
             t.get(&id("a")),
@@ -384,13 +388,7 @@ mod tests {
         let t = PositionsTable::default();
         let acks = TargetAcks::new(id("a"), Some(pos(1, 0)));
         t.register(&acks);
-        let chunk = crate::cursor::SentChunk {
-            read_at: Instant::now(),
-            lines: 1,
-            bytes: 10,
-            last_entry: None,
-        };
-        acks.send(pos(5, 0), chunk);
+        acks.send(pos(5, 0), one_line());
         acks.acknowledge(1);
         // Another replica tailed the target later and got further.
         let later = Timestamp::now() + jiff::SignedDuration::from_secs(60);

@@ -396,7 +396,8 @@ pub(super) trait Frames: Stream<Item = std::io::Result<Bytes>> + Unpin {}
 impl<T: Stream<Item = std::io::Result<Bytes>> + Unpin> Frames for T {}
 
 /// The body's next frame (`None` at its end). The lines inside are sub-slices of it: nothing is
-/// copied (but see [`logs::unpin`]). Cancel-safe: a frame is taken only when it is ready.
+/// copied here ([`logs`] copies small HTTP/1.1 frames first). Cancel-safe: a frame is taken
+/// only when it is ready.
 async fn next_frame<F: Frames>(frames: &mut F) -> std::io::Result<Option<Bytes>> {
     frames.next().await.transpose()
 }
