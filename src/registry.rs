@@ -17,7 +17,7 @@ use crate::cursor::TargetAcks;
 use crate::forward::Fanout;
 use crate::positions::PositionsHandle;
 use crate::tail::backoff::Backoff;
-use crate::tail::status::{TailerSnapshot, TailerStatus};
+use crate::tail::status::{StateTally, TailerSnapshot, TailerStatus, TargetState};
 use crate::tail::{Drain, Stop, Tailer, TailerArgs, TailerFinished, UpdateClient, UpdateTarget};
 use crate::target::{LabelMap, RejectedTarget, SetTargets, Target, TargetId, TargetSet};
 use crate::telemetry::{self, TargetsState};
@@ -60,17 +60,14 @@ pub struct RegistryArgs {
     pub positions: PositionsHandle,
 }
 
-/// How long finished tailers wait to be counted together in the targets gauge.
-const RECOUNT_DELAY: Duration = Duration::from_millis(200);
-
 /// The registry actor.
 pub struct Registry {
     args: RegistryArgs,
     tailers: BTreeMap<TargetId, Tailed>,
     rejected: Vec<RejectedTarget>,
     synced: bool,
-    /// A recount of the targets gauge is scheduled (finished tailers are counted together).
-    recount_due: bool,
+    /// The tailers' statuses by state, as they count themselves.
+    tally: Arc<StateTally>,
 }
 
 /// A known target and its tailer, if one runs.
@@ -116,27 +113,17 @@ impl Registry {
             tailers: BTreeMap::new(),
             rejected: Vec::new(),
             synced: false,
-            recount_due: false,
+            tally: Arc::default(),
         }
     }
 
-    /// The `kube_log_relay_targets` gauge: tailers by state (every two seconds, and when the
-    /// target set changes), and the rejected targets.
+    /// The `kube_log_relay_targets` gauge: tailers by state (every two seconds, when the target
+    /// set changes and when a tailer finishes), and the rejected targets.
     fn publish_counts(&self) {
-        let index = |state: TargetsState| {
-            TargetsState::ALL
-                .iter()
-                .position(|s| *s == state)
-                .expect("TargetsState::ALL lists every state")
-        };
-        let mut counts = [0usize; TargetsState::ALL.len()];
-        for t in self.tailers.values() {
-            counts[index(t.status.state().into())] += 1;
+        for state in TargetState::ALL {
+            telemetry::targets_in(state.into(), self.tally.count(state));
         }
-        counts[index(TargetsState::Rejected)] = self.rejected.len();
-        for (state, n) in TargetsState::ALL.into_iter().zip(counts) {
-            telemetry::targets_in(state, n);
-        }
+        telemetry::targets_in(TargetsState::Rejected, self.rejected.len());
     }
 }
 
@@ -197,7 +184,7 @@ impl Handler<SetTargets> for Registry {
             .present(&set.targets.keys().collect(), jiff::Timestamp::now());
         for target in diff.start {
             tracing::info!(target = %target.id, "target discovered, starting tailer");
-            let status = Arc::new(TailerStatus::default());
+            let status = Arc::new(TailerStatus::new(self.tally.clone()));
             // A target that reappears while its old tailer still drains keeps that tailer.
             if let Some(t) = self.tailers.get_mut(&target.id) {
                 t.vanished = false;
@@ -305,15 +292,7 @@ impl Handler<TailerFinished> for Registry {
                 t.restarts.started = std::time::Instant::now();
             });
         }
-        // Counted shortly, once for all the tailers finishing now: a count walks every tailer,
-        // and a thousand pods deleted at once finish five thousand of them.
-        if !self.recount_due {
-            self.recount_due = true;
-            ctx.run_later(RECOUNT_DELAY, |act, _| {
-                act.recount_due = false;
-                act.publish_counts();
-            });
-        }
+        self.publish_counts();
     }
 }
 

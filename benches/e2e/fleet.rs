@@ -49,6 +49,7 @@ pub async fn fanout(report: &mut Report, scale: Scale, tls: bool) {
     let delivering = exact::wait_every_container(&sink, n as usize, Duration::from_secs(300)).await;
     // A few batch_waits for the start-up backlog to drain before measuring.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    eprintln!("== {name}: every container delivers; measuring for {window:?}");
     let load = MachineLoad::start();
     let (cpu_before, started) = (relay.cpu_seconds(), Instant::now());
     tokio::time::sleep(window).await;

@@ -5,8 +5,9 @@
 //! `cargo bench --bench e2e` runs every scenario, prints one table with each figure's floor
 //! and PASS or MISS, writes it as JSON to `target/e2e.json`, and exits non-zero on a MISS.
 //! `cargo bench --bench e2e -- NAME` runs the scenarios whose name contains NAME (`throughput`
-//! runs it over plain HTTP and over TLS; `peer` runs those with kubectl beside the relay). Lines lost and duplicated are counted by identity in
-//! every scenario.
+//! runs it over plain HTTP and over TLS; `=fanout` runs that one alone; `peer` runs those with
+//! kubectl beside the relay). Lines lost and duplicated are counted by identity in every
+//! scenario.
 //!
 //! - `E2E_SCALE=0.05` scales counts and durations down, for developing a scenario.
 //! - `E2E_RELAY_BIN=/path/to/kube-log-relay` measures another build of the relay (A/B on the
@@ -61,7 +62,10 @@ fn main() {
     let selected = |name: &str, peer: bool| match filter.as_deref() {
         None => true,
         Some("peer") => peer,
-        Some(f) => name.contains(f),
+        Some(f) => match f.strip_prefix('=') {
+            Some(exact) => name == exact,
+            None => name.contains(f),
+        },
     };
     let load_before = procs::load_average();
     let started = std::time::Instant::now();

@@ -1,9 +1,12 @@
 //! What a tailer shows about itself in `/api/v1/targets` and the status page (SPEC §8.3).
 //!
 //! Written by the tailer when its state changes, read by the HTTP server through the registry
-//! together with what the target's acknowledgement tracker keeps per chunk.
+//! together with what the target's acknowledgement tracker keeps per chunk. Each state change
+//! is also counted in a [`StateTally`] shared by all of a registry's tailers, so the
+//! `kube_log_relay_targets` gauge is read from five counters, not from thousands of tailers.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
 use serde::Serialize;
@@ -29,6 +32,15 @@ pub enum TargetState {
 }
 
 impl TargetState {
+    /// Every state.
+    pub const ALL: [TargetState; 5] = [
+        TargetState::Waiting,
+        TargetState::Running,
+        TargetState::Backoff,
+        TargetState::Draining,
+        TargetState::Finished,
+    ];
+
     /// The label value used in `kube_log_relay_targets{state}`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -87,13 +99,59 @@ pub struct OwnStatus {
     pub reconnects: u64,
 }
 
-/// Shared, updatable status of a tailer.
+/// How many tailer statuses are in each state: kept up to date by the statuses themselves.
 #[derive(Debug, Default)]
-pub struct TailerStatus(Mutex<OwnStatus>);
+pub struct StateTally([AtomicUsize; TargetState::ALL.len()]);
+
+impl StateTally {
+    /// The statuses in `state` now.
+    pub fn count(&self, state: TargetState) -> usize {
+        self.0[state as usize].load(Ordering::Relaxed)
+    }
+
+    fn add(&self, state: TargetState) {
+        self.0[state as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn remove(&self, state: TargetState) {
+        self.0[state as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Shared, updatable status of a tailer, counted in its registry's [`StateTally`] from its
+/// creation until it is dropped.
+#[derive(Debug)]
+pub struct TailerStatus {
+    own: Mutex<OwnStatus>,
+    tally: Arc<StateTally>,
+}
+
+impl Default for TailerStatus {
+    /// A status counted in a tally of its own.
+    fn default() -> TailerStatus {
+        TailerStatus::new(Arc::default())
+    }
+}
+
+impl Drop for TailerStatus {
+    fn drop(&mut self) {
+        self.tally.remove(self.lock().state);
+    }
+}
 
 impl TailerStatus {
+    /// A new status (waiting), counted in `tally`.
+    pub fn new(tally: Arc<StateTally>) -> TailerStatus {
+        let own = OwnStatus::default();
+        tally.add(own.state);
+        TailerStatus {
+            own: Mutex::new(own),
+            tally,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, OwnStatus> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.own.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The status as shown: this tailer's own fields, and what its target's acknowledgement
@@ -132,11 +190,6 @@ impl TailerStatus {
         }
     }
 
-    /// The state alone (the registry counts states of thousands of tailers every two seconds).
-    pub fn state(&self) -> TargetState {
-        self.lock().state
-    }
-
     /// The container instance the tailer follows, as last shown.
     pub fn container_id(&self) -> Option<String> {
         self.lock().container_id.clone()
@@ -144,6 +197,36 @@ impl TailerStatus {
 
     /// Changes the tailer's own fields in place.
     pub fn update(&self, f: impl FnOnce(&mut OwnStatus)) {
-        f(&mut self.lock())
+        let mut own = self.lock();
+        let before = own.state;
+        f(&mut own);
+        if own.state != before {
+            self.tally.remove(before);
+            self.tally.add(own.state);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tally_counts_each_status_in_its_state_until_the_status_is_dropped() {
+        let tally = Arc::new(StateTally::default());
+        let a = TailerStatus::new(tally.clone());
+        let b = TailerStatus::new(tally.clone());
+        let counts = || TargetState::ALL.map(|s| tally.count(s));
+        assert_eq!(counts(), [2, 0, 0, 0, 0]);
+        a.update(|s| s.state = TargetState::Running);
+        b.update(|s| s.last_error = Some("boom".into()));
+        assert_eq!(counts(), [1, 1, 0, 0, 0]);
+        b.update(|s| s.state = TargetState::Backoff);
+        a.update(|s| s.state = TargetState::Finished);
+        assert_eq!(counts(), [0, 0, 1, 0, 1]);
+        drop(a);
+        assert_eq!(counts(), [0, 0, 1, 0, 0]);
+        drop(b);
+        assert_eq!(counts(), [0; 5]);
     }
 }

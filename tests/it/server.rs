@@ -247,7 +247,7 @@ async fn metrics_parse_and_hold_every_documented_metric() {
         ),
         0.0
     );
-    // The gauge counts finished tailers together, a moment after the last one finished.
+    // The gauge counts a tailer as finished once it has finished.
     let m = Metrics::scrape_until(addr, "both targets counted as finished", |m| {
         m.series("kube_log_relay_targets", &[("state", "finished")]) == 2.0
     })
