@@ -35,7 +35,9 @@ pub async fn log_frames(
     let mut request = Request::new(Pod::url_path(&(), Some(namespace)))
         .logs(pod, params)
         .map_err(kube::Error::BuildRequest)?;
-    request.extensions_mut().insert("log_stream");
+    request
+        .extensions_mut()
+        .insert(crate::kube::pool::LogStream);
     let response = client.send(request.map(kube::client::Body::from)).await?;
     let status = response.status();
     if status.is_client_error() || status.is_server_error() {

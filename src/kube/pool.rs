@@ -20,6 +20,10 @@
 //! Connections idle for [`IDLE_TIMEOUT`] close. A connection that dies (GOAWAY, reset, TLS
 //! error) fails only its own requests; their streams reopen from their cursors.
 //!
+//! A followed log over HTTP/1.1 (a request marked [`LogStream`]) gets a connection of its own,
+//! read without hyper by the task that reads the body ([`stream`]); everything else goes
+//! through hyper's connections here.
+//!
 //! Connections' reads are paced ([`crate::net::pace`]): a connection whose followed logs trickle
 //! in reads them in batches rather than at every write.
 //!
@@ -45,6 +49,13 @@ use tokio::sync::Notify;
 
 use crate::net::proxy::{PacedRoute, Route, RouteStream};
 use crate::telemetry;
+
+mod stream;
+
+/// Marks a request as a followed log (`pods/log`): over HTTP/1.1 it gets a connection of its
+/// own, read by the task that reads its body ([`stream`]).
+#[derive(Clone, Copy, Debug)]
+pub struct LogStream;
 
 /// A connection without open requests for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -79,6 +90,8 @@ pub enum PoolError {
     TlsVersion { uri: String, version: String },
     #[error("request to the API server failed: {0}")]
     Request(#[source] hyper::Error),
+    #[error("request to the API server failed: {0}")]
+    Stream(#[source] stream::StreamError),
 }
 
 /// What the status page shows of one connection.
@@ -547,6 +560,58 @@ impl Shared {
         self.changed.notify_waiters();
     }
 
+    /// Counts a connection made for one followed log ([`stream`]) until the guard drops.
+    fn dedicate(self: &Arc<Self>, absolute_form: bool) -> Dedicated {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn {
+            id,
+            h2: false,
+            sender: Mutex::new(Sender::None),
+            server_limit: None,
+            alive: Arc::new(AtomicBool::new(true)),
+            absolute_form,
+        });
+        let mut state = self.lock();
+        state.conns.push(Entry {
+            conn,
+            phase: Phase::Ready,
+            // Its one request: never leased to another.
+            streams: 1,
+            idle_since: Instant::now(),
+        });
+        telemetry::api_connections(open_count(&state));
+        drop(state);
+        tracing::debug!(connection = id, "API connection opened for a followed log");
+        Dedicated {
+            shared: self.clone(),
+            id,
+        }
+    }
+
+    /// Sends a followed log's `GET` on a connection of its own.
+    async fn send_stream(
+        self: &Arc<Self>,
+        request: Request<Body>,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        let io = self.connector.connect(&self.server).await?;
+        let absolute_form = io.connected().is_proxied();
+        let dedicated = self.dedicate(absolute_form);
+        let response = stream::send(io, request, absolute_form)
+            .await
+            .map_err(PoolError::Stream)?;
+        let (parts, body) = response.into_parts();
+        Ok(Response::from_parts(
+            parts,
+            PooledBody {
+                inner: Inner::Own {
+                    body: Box::new(body),
+                    _connection: dedicated,
+                },
+                lease: None,
+            },
+        ))
+    }
+
     /// The probe's answer arrived: the server's SETTINGS came before it.
     fn probed(&self, conn: &Conn) {
         let mut state = self.lock();
@@ -716,21 +781,49 @@ fn origin_form(uri: &mut Uri) {
     *uri = Uri::from(path);
 }
 
+/// A connection of a followed log's own, counted among the pool's until dropped.
+struct Dedicated {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Dedicated {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.conns.retain(|e| e.conn.id != self.id);
+        telemetry::api_connections(open_count(&state));
+    }
+}
+
 /// A response body that holds its request's room on the connection until it ends or drops.
 pub struct PooledBody {
-    inner: Incoming,
+    inner: Inner,
     lease: Option<Lease>,
+}
+
+enum Inner {
+    /// Read by hyper's connection.
+    Hyper(Incoming),
+    /// A followed log's body, read from its own connection (counted while the body lives).
+    Own {
+        /// Boxed: it holds the connection (a TLS one is large).
+        body: Box<stream::StreamBody>,
+        _connection: Dedicated,
+    },
 }
 
 impl HttpBody for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = match &mut self.inner {
+            Inner::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            Inner::Own { body, .. } => return Pin::new(body).poll_frame(cx),
+        };
         match &polled {
             Poll::Ready(None) => {
                 if let Some(mut lease) = self.lease.take() {
@@ -748,11 +841,17 @@ impl HttpBody for PooledBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Hyper(body) => body.is_end_stream(),
+            Inner::Own { body, .. } => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper(body) => body.size_hint(),
+            Inner::Own { body, .. } => body.size_hint(),
+        }
     }
 }
 
@@ -768,16 +867,22 @@ impl tower::Service<Request<Body>> for Pool {
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let shared = self.shared.clone();
         Box::pin(async move {
+            if shared.http1_only
+                && request.extensions().get::<LogStream>().is_some()
+                && stream::serves(&request)
+            {
+                return Ok(shared.send_stream(request).await?);
+            }
             let mut lease = shared.acquire().await?;
             let response = lease.send(request).await?;
             let (parts, body) = response.into_parts();
             let mut body = PooledBody {
-                inner: body,
+                inner: Inner::Hyper(body),
                 lease: Some(lease),
             };
             // A body that is already over (a GET's JSON fits in one frame) frees its room
             // when read; one without content frees it now.
-            if body.inner.is_end_stream()
+            if body.is_end_stream()
                 && let Some(mut lease) = body.lease.take()
             {
                 lease.finish(true);
