@@ -32,8 +32,11 @@ use super::Stream;
 const MAX_HEAD: usize = 64 * 1024;
 /// A chunk-size line (with its extensions) or a trailer line longer than this is refused.
 const MAX_LINE: usize = 4096;
-/// Room asked for before each read.
+/// Room asked for before a read: at first, and for a stream whose reads come back short.
 const READ_ROOM: usize = 8 * 1024;
+/// The most room asked for: a stream whose reads fill their room doubles it up to this, so a
+/// busy stream is read in few large reads (as hyper's adaptive reads do).
+const MAX_READ_ROOM: usize = 256 * 1024;
 /// Headers a response may have.
 const MAX_HEADERS: usize = 100;
 
@@ -97,6 +100,7 @@ pub async fn send(
         let body = StreamBody {
             io,
             buf,
+            room: READ_ROOM,
             decoder: Decoder(framing),
         };
         return Ok(Response::from_parts(parts, body));
@@ -207,18 +211,35 @@ fn framing(headers: &HeaderMap) -> Result<Framing, StreamError> {
 
 /// Reads into `buf`'s spare room; `false` at the end of the connection.
 async fn read_more(io: &mut TokioIo<Stream>, buf: &mut BytesMut) -> Result<bool, StreamError> {
-    std::future::poll_fn(|cx| poll_read_more(io, buf, cx)).await
+    let mut room = READ_ROOM;
+    std::future::poll_fn(|cx| poll_read_more(io, buf, &mut room, cx)).await
 }
 
+/// Reads into `buf`, with at least `room` bytes of room, which grows while reads fill it and
+/// shrinks back when they come back short.
 fn poll_read_more(
     io: &mut TokioIo<Stream>,
     buf: &mut BytesMut,
+    room: &mut usize,
     cx: &mut Context<'_>,
 ) -> Poll<Result<bool, StreamError>> {
-    buf.reserve(READ_ROOM);
+    buf.reserve(*room);
+    let offered = buf.capacity() - buf.len();
     let n =
         ready!(tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)).map_err(StreamError::Read)?;
+    *room = next_room(*room, n, offered);
     Poll::Ready(Ok(n > 0))
+}
+
+/// The room for the next read, after one that read `n` of `offered` bytes.
+fn next_room(room: usize, n: usize, offered: usize) -> usize {
+    if n >= offered {
+        (room * 2).min(MAX_READ_ROOM)
+    } else if n < room / 2 {
+        (room / 2).max(READ_ROOM)
+    } else {
+        room
+    }
 }
 
 /// Where the body is in its framing.
@@ -251,6 +272,8 @@ pub struct StreamBody {
     io: TokioIo<Stream>,
     /// Read and not yet decoded.
     buf: BytesMut,
+    /// The room the next read asks for ([`next_room`]).
+    room: usize,
     decoder: Decoder,
 }
 
@@ -406,7 +429,12 @@ impl hyper::body::Body for StreamBody {
                 Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Ok(Step::Again) => {}
                 Ok(Step::End) => return Poll::Ready(None),
-                Ok(Step::Read) => match ready!(poll_read_more(&mut this.io, &mut this.buf, cx)) {
+                Ok(Step::Read) => match ready!(poll_read_more(
+                    &mut this.io,
+                    &mut this.buf,
+                    &mut this.room,
+                    cx
+                )) {
                     Ok(true) => {}
                     Ok(false) if this.decoder.0 == Framing::UntilClose => {
                         this.decoder.0 = Framing::Done;
@@ -526,6 +554,25 @@ mod tests {
             decode(chunked, &[&endless]),
             Err(StreamError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn reads_that_fill_their_room_double_it_up_to_a_bound_and_short_ones_halve_it() {
+        assert_eq!(next_room(READ_ROOM, READ_ROOM, READ_ROOM), 2 * READ_ROOM);
+        assert_eq!(
+            next_room(MAX_READ_ROOM, MAX_READ_ROOM, MAX_READ_ROOM),
+            MAX_READ_ROOM
+        );
+        assert_eq!(next_room(4 * READ_ROOM, 100, 4 * READ_ROOM), 2 * READ_ROOM);
+        assert_eq!(
+            next_room(READ_ROOM, 100, READ_ROOM),
+            READ_ROOM,
+            "never below"
+        );
+        assert_eq!(
+            next_room(4 * READ_ROOM, 3 * READ_ROOM, 4 * READ_ROOM),
+            4 * READ_ROOM
+        );
     }
 
     #[test]
