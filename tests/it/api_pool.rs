@@ -1,6 +1,7 @@
 //! The Kubernetes client's connection pool against the simulator over TLS and HTTP/2 (SPEC §4.1,
 //! §10): streams per connection, the server's limit, a dying connection, proxies, redirects and
-//! clear errors for a wrong CA, server name or token.
+//! clear errors for a wrong CA, server name or token; and over plain HTTP, followed logs on
+//! connections of their own through a forward proxy.
 
 use std::collections::BTreeMap;
 
@@ -238,6 +239,62 @@ async fn through_a_connect_proxy_and_around_it() {
     support::all_finished(&relay, 3).await;
     relay.shutdown().await;
     assert!(proxy.requests().is_empty(), "{:?}", proxy.requests());
+}
+
+#[actix_rt::test]
+async fn followed_logs_over_plain_http_reach_a_forward_proxy_in_absolute_form() {
+    // Plain HTTP: each followed log has a connection of its own (`kube::pool::stream`), which
+    // through a forward proxy must carry the absolute URL.
+    let sim = Sim::start_with("127.0.0.1:0", SimOptions::default())
+        .await
+        .expect("simulator starts");
+    add_pods(&sim, 1, 50.0, Some(20));
+    let proxy = Proxy::start().await.expect("proxy starts");
+    let sink = support::sink().await;
+    let config = format!(
+        r#"
+[kubernetes]
+api_server = "{url}"
+qps = 2000
+burst = 2000
+proxy_url = "{proxy}"
+
+[tail]
+min_backoff = "50ms"
+max_backoff = "500ms"
+terminated_grace = "1s"
+
+[server]
+listen = "127.0.0.1:0"
+"#,
+        url = sim.url(),
+        proxy = proxy.url(),
+    ) + &support::loki_table("a", &sink, "");
+    let relay = support::relay(&config).await;
+    support::all_finished(&relay, 3).await;
+    relay.shutdown().await;
+    let logs: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.target.contains("/log?"))
+        .collect();
+    assert!(logs.len() >= 3, "a request per container: {logs:?}");
+    for r in &logs {
+        assert_eq!(r.method, "GET", "{r:?}");
+        assert!(r.target.starts_with(&sim.url()), "{r:?}");
+        assert_eq!(
+            r.header("host"),
+            Some(sim.url().trim_start_matches("http://")),
+            "{r:?}"
+        );
+    }
+    for c in ["a", "b", "c"] {
+        assert_eq!(
+            support::lines_of(&sink.entries(), "load", "p-000", c),
+            sim.written_lines("load", "p-000", c),
+            "container {c}"
+        );
+    }
 }
 
 #[actix_rt::test]

@@ -83,10 +83,9 @@ pub async fn send(
                     "response head larger than {MAX_HEAD} bytes"
                 )));
             }
-            read_more(&mut io, &mut buf)
-                .await?
-                .then_some(())
-                .ok_or(StreamError::Closed("before the response's head"))?;
+            if !read_more(&mut io, &mut buf).await? {
+                return Err(StreamError::Closed("before the response's head"));
+            }
         };
         // An interim answer (`100 Continue`, `103 Early Hints`) precedes the real one.
         if response.status().is_informational() {
