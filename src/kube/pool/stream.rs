@@ -13,8 +13,9 @@
 //! alone and closes with it — a followed log's connection would not be reused anyway. Every
 //! other request, and everything over HTTP/2, stays with hyper.
 //!
-//! Written here because no crate reads an HTTP/1.1 response body without a task per
-//! connection: hyper, and the clients built on it, all spawn one.
+//! Written here because hyper's client, and those built on it, hand a body over from a
+//! connection future through a channel and decode chunk-size lines a byte at a time;
+//! `httparse` parses heads only, and no maintained crate reads a chunked body from a socket.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
