@@ -278,6 +278,19 @@ enum Sender {
 }
 
 impl Conn {
+    /// A live HTTP/1.1 connection nothing is sent on through the pool: one being made (its
+    /// sender comes with the handshake) or a followed log's own ([`stream`]).
+    fn without_sender(id: u64, absolute_form: bool) -> Conn {
+        Conn {
+            id,
+            h2: false,
+            sender: Mutex::new(Sender::None),
+            server_limit: None,
+            alive: Arc::new(AtomicBool::new(true)),
+            absolute_form,
+        }
+    }
+
     fn protocol(&self) -> &'static str {
         if self.h2 { "h2" } else { "http/1.1" }
     }
@@ -409,14 +422,7 @@ impl Shared {
             };
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(Conn {
-            id,
-            h2: false,
-            sender: Mutex::new(Sender::None),
-            server_limit: None,
-            alive: Arc::new(AtomicBool::new(true)),
-            absolute_form: false,
-        });
+        let conn = Arc::new(Conn::without_sender(id, false));
         state.conns.push(Entry {
             conn,
             phase: Phase::Connecting,
@@ -563,14 +569,7 @@ impl Shared {
     /// Counts a connection made for one followed log ([`stream`]) until the guard drops.
     fn dedicate(self: &Arc<Self>, absolute_form: bool) -> Dedicated {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(Conn {
-            id,
-            h2: false,
-            sender: Mutex::new(Sender::None),
-            server_limit: None,
-            alive: Arc::new(AtomicBool::new(true)),
-            absolute_form,
-        });
+        let conn = Arc::new(Conn::without_sender(id, absolute_form));
         let mut state = self.lock();
         state.conns.push(Entry {
             conn,

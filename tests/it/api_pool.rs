@@ -45,10 +45,15 @@ fn add_pods(sim: &Sim, pods: usize, rate: f64, lines: Option<u64>) {
     }
 }
 
-/// A relay configuration for the TLS simulator: its CA, a generous client rate limit (opens are
-/// not what these tests measure) and `extra` lines in `[kubernetes]`.
+/// A relay configuration for the simulator: its CA if it serves TLS, a generous client rate
+/// limit (opens are not what these tests measure) and `extra` lines in `[kubernetes]`.
 fn config(sim: &Sim, sink: &kube_log_relay::sim::loki::LokiSink, extra: &str) -> String {
-    let ca = sim.tls_files().expect("TLS files").ca.display().to_string();
+    let tls = sim.tls_files().map_or(String::new(), |f| {
+        format!(
+            "\n[kubernetes.tls_config]\nca_file = \"{}\"\n",
+            f.ca.display()
+        )
+    });
     format!(
         r#"
 [kubernetes]
@@ -56,9 +61,7 @@ api_server = "{url}"
 qps = 2000
 burst = 2000
 {extra}
-
-[kubernetes.tls_config]
-ca_file = "{ca}"
+{tls}
 
 [tail]
 min_backoff = "50ms"
@@ -251,26 +254,8 @@ async fn followed_logs_over_plain_http_reach_a_forward_proxy_in_absolute_form() 
     add_pods(&sim, 1, 50.0, Some(20));
     let proxy = Proxy::start().await.expect("proxy starts");
     let sink = support::sink().await;
-    let config = format!(
-        r#"
-[kubernetes]
-api_server = "{url}"
-qps = 2000
-burst = 2000
-proxy_url = "{proxy}"
-
-[tail]
-min_backoff = "50ms"
-max_backoff = "500ms"
-terminated_grace = "1s"
-
-[server]
-listen = "127.0.0.1:0"
-"#,
-        url = sim.url(),
-        proxy = proxy.url(),
-    ) + &support::loki_table("a", &sink, "");
-    let relay = support::relay(&config).await;
+    let via = format!("proxy_url = \"{}\"", proxy.url());
+    let relay = support::relay(&config(&sim, &sink, &via)).await;
     support::all_finished(&relay, 3).await;
     relay.shutdown().await;
     let logs: Vec<_> = proxy

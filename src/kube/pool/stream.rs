@@ -305,19 +305,17 @@ impl Decoder {
                     Ok(Step::Data(buf.split().freeze()))
                 }
             }
-            Framing::Length(left) => {
-                if buf.is_empty() {
-                    return Ok(Step::Read);
+            Framing::Length(left) => Ok(match take_data(buf, left) {
+                None => Step::Read,
+                Some((data, 0)) => {
+                    self.0 = Framing::Done;
+                    Step::Data(data)
                 }
-                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                let left = left - n as u64;
-                self.0 = if left == 0 {
-                    Framing::Done
-                } else {
-                    Framing::Length(left)
-                };
-                Ok(Step::Data(buf.split_to(n).freeze()))
-            }
+                Some((data, left)) => {
+                    self.0 = Framing::Length(left);
+                    Step::Data(data)
+                }
+            }),
             Framing::Chunked(chunk) => self.chunked(chunk, buf),
         }
     }
@@ -336,19 +334,17 @@ impl Decoder {
                 });
                 Ok(Step::Again)
             }
-            Chunk::Data(left) => {
-                if buf.is_empty() {
-                    return Ok(Step::Read);
+            Chunk::Data(left) => Ok(match take_data(buf, left) {
+                None => Step::Read,
+                Some((data, left)) => {
+                    self.0 = Framing::Chunked(if left == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left)
+                    });
+                    Step::Data(data)
                 }
-                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                let left = left - n as u64;
-                self.0 = Framing::Chunked(if left == 0 {
-                    Chunk::DataEnd
-                } else {
-                    Chunk::Data(left)
-                });
-                Ok(Step::Data(buf.split_to(n).freeze()))
-            }
+            }),
             Chunk::DataEnd => {
                 let Some(empty) = line(buf, <[u8]>::is_empty)? else {
                     return Ok(Step::Read);
@@ -374,6 +370,16 @@ impl Decoder {
             }
         }
     }
+}
+
+/// Up to `left` bytes of data off the buffer, and how many are left after them; `None` while
+/// the buffer is empty.
+fn take_data(buf: &mut BytesMut, left: u64) -> Option<(Bytes, u64)> {
+    if buf.is_empty() {
+        return None;
+    }
+    let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+    Some((buf.split_to(n).freeze(), left - n as u64))
 }
 
 /// `f` of the next line (without its CRLF or LF), taken off the buffer, if it is all there.
