@@ -2,8 +2,9 @@
 //! shows here before it reaches the end-to-end figures of `benches/e2e`:
 //!
 //! - `tail/split_parse_admit`: a `pods/log` body cut into lines ([`LineSplitter`]), each split
-//!   into timestamp and text ([`LineParser`]) and passed through the exactly-once cursor
-//!   ([`ReadCursor::admit`]) — what a tailer does to every byte it reads.
+//!   into timestamp and text ([`LineParser`]), passed through the exactly-once cursor
+//!   ([`ReadCursor::admit`]) and written in Loki's wire form into chunks of 512 ([`Entries`])
+//!   — what a tailer does to every byte it reads.
 //! - `receiver/batch`: chunks of 512 lines added to a receiver's [`Batcher`], closed at
 //!   `batch_size` and taken for sending.
 //! - `receiver/encode`: a 1 MiB batch encoded as Loki's protobuf push and snappy-compressed.
@@ -18,7 +19,7 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use jiff::Timestamp;
 
-use kube_log_relay::chunk::{Chunk, Entry};
+use kube_log_relay::chunk::{Chunk, Entries};
 use kube_log_relay::cursor::{Cursor, ReadCursor};
 use kube_log_relay::receiver::batch::{Batch, Batcher};
 use kube_log_relay::receiver::encode;
@@ -68,17 +69,24 @@ fn tail(c: &mut Criterion) {
             let mut splitter = LineSplitter::new(256 * 1024);
             let mut cursor = ReadCursor::new(Cursor::BEGINNING);
             let mut parser = LineParser::default();
+            let mut entries = Entries::new();
             let mut delivered = 0usize;
             for read in &reads {
-                splitter.push(read.clone(), &mut |line| {
+                let mut at = 0;
+                while let Some(line) = splitter.next_line(read, &mut at) {
                     let parsed = parser.parse(line.bytes);
-                    let second = parsed.timestamp.map_or(0, |t| t.as_second());
-                    if cursor.admit(second) == kube_log_relay::cursor::Admit::Deliver {
-                        delivered += parsed.text.len();
+                    let timestamp = parsed.timestamp.unwrap_or(Timestamp::UNIX_EPOCH);
+                    if cursor.admit(timestamp.as_second()) == kube_log_relay::cursor::Admit::Deliver
+                    {
+                        entries.push(timestamp, parsed.text);
                     }
-                });
+                    if entries.len() == CHUNK_LINES {
+                        delivered += black_box(entries.clone()).line_bytes();
+                        entries = entries.cleared();
+                    }
+                }
             }
-            black_box(delivered)
+            black_box(delivered + entries.line_bytes())
         })
     });
     group.finish();
@@ -105,10 +113,10 @@ fn chunks(chunks: usize) -> Vec<Arc<Chunk>> {
     (0..chunks)
         .map(|i| {
             let stream = &streams[i % streams.len()];
-            let entries = (0..CHUNK_LINES)
-                .map(|n| Entry {
-                    timestamp: start + Duration::from_millis((i * CHUNK_LINES + n) as u64),
-                    line: Bytes::from(text(i * CHUNK_LINES + n)),
+            let entries: Entries = (0..CHUNK_LINES)
+                .map(|n| {
+                    let timestamp = start + Duration::from_millis((i * CHUNK_LINES + n) as u64);
+                    (timestamp, text(i * CHUNK_LINES + n))
                 })
                 .collect();
             Arc::new(Chunk::new(

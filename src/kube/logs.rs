@@ -2,12 +2,11 @@
 //!
 //! kube's `Api::log_stream` hands the body over as an `AsyncBufRead`, which can only be read by
 //! copying out of it: one copy, into a fresh allocation, of every byte the relay reads (with
-//! the page faults of those allocations, a tenth of the relay's CPU at saturation). hyper
-//! already decodes the body into `Bytes` frames; taken as they are, the lines are sub-slices of
-//! them and nothing is copied — except the small frames of an HTTP/1.1 body ([`unpin`]). The
-//! request, and what an error answer becomes, are kube's own.
+//! the page faults of those allocations, a tenth of the relay's CPU at saturation). The body is
+//! already decoded into `Bytes` frames; the tailer cuts its lines out of them and writes each
+//! into its chunk before it drops the frame, so the connection's buffer is free for the next
+//! read at once. The request, and what an error answer becomes, are kube's own.
 
-use bytes::Bytes;
 use futures::TryStreamExt;
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -16,12 +15,9 @@ use kube::api::LogParams;
 use kube::core::{Request, Status};
 
 /// The frames of a `pods/log` body.
-pub type LogFrames = futures::stream::MapOk<
-    futures::stream::MapErr<
-        http_body_util::BodyDataStream<kube::client::Body>,
-        fn(kube::Error) -> std::io::Error,
-    >,
-    fn(Bytes) -> Bytes,
+pub type LogFrames = futures::stream::MapErr<
+    http_body_util::BodyDataStream<kube::client::Body>,
+    fn(kube::Error) -> std::io::Error,
 >;
 
 /// Opens `pods/log` of `pod` with `params`: the body's frames, or kube's error for a failed
@@ -46,35 +42,10 @@ pub async fn log_frames(
             error_status(status.as_u16(), &body).boxed(),
         ));
     }
-    let frame: fn(Bytes) -> Bytes = if response.version() <= http::Version::HTTP_11 {
-        unpin
-    } else {
-        std::convert::identity
-    };
     Ok(response
         .into_body()
         .into_data_stream()
-        .map_err(std::io::Error::other as fn(kube::Error) -> std::io::Error)
-        .map_ok(frame))
-}
-
-/// HTTP/1.1 frames shorter than this are copied before their lines are cut.
-const COPY_BELOW: usize = 4 * 1024;
-
-/// Over HTTP/1.1 a frame is a slice of its connection's read buffer (8 KiB or more), and every
-/// line cut from it keeps that whole buffer alive until Loki acknowledged the line. A quiet
-/// stream's frame is one line: a buffer per line, which hyper must allocate afresh for the
-/// connection's next read. At 5,000 containers × 1 line/s that was 40 MB/s of buffers and
-/// 2,000 page faults a second (the bench's `fanout`); a copy of a small frame costs less than
-/// the buffer it frees, and a large frame (a busy stream) stays zero-copy. An HTTP/2 frame is a
-/// slice of a buffer its connection shares among all its streams' frames: copying it would
-/// only add an allocation per frame.
-fn unpin(frame: Bytes) -> Bytes {
-    if frame.len() < COPY_BELOW {
-        Bytes::copy_from_slice(&frame)
-    } else {
-        frame
-    }
+        .map_err(std::io::Error::other as fn(kube::Error) -> std::io::Error))
 }
 
 /// What an error answer says: its `Status`, or (a proxy's plain text, an HTML page) a failure
@@ -100,16 +71,5 @@ mod tests {
         let s = error_status(502, b"<html>Bad Gateway</html>\n");
         assert_eq!(s.code, 502);
         assert_eq!(s.message, "<html>Bad Gateway</html>");
-    }
-
-    #[test]
-    fn a_small_frame_is_copied_out_of_its_read_buffer_a_large_one_is_not() {
-        let buffer = Bytes::from(vec![b'x'; 4 * COPY_BELOW]);
-        let small = buffer.slice(..100);
-        let copied = unpin(small.clone());
-        assert_eq!(copied, small);
-        assert_ne!(copied.as_ptr(), small.as_ptr(), "a copy, not a view");
-        let large = buffer.slice(..COPY_BELOW);
-        assert_eq!(unpin(large.clone()).as_ptr(), large.as_ptr(), "zero-copy");
     }
 }

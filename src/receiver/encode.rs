@@ -6,16 +6,14 @@
 //! Entries keep chunk order. `hash` is FNV-1a of the label text ([`Labels::stream_hash`],
 //! computed once per label set): stable across processes and versions, unlike `std`'s hasher.
 //!
-//! Protobuf `string` fields must hold UTF-8, and Loki refuses the whole request otherwise, so a
-//! line with invalid bytes is converted lossily (each bad sequence becomes U+FFFD) and not
-//! counted: the line is delivered, only those bytes are replaced. Limits apply to the converted
-//! line; truncation cuts at a character boundary, so a truncated line may be up to 3 bytes
-//! shorter than `max_line_size`.
-//!
-//! This is the relay's hottest code per line (SPEC §10), so [`build`] only *plans* the request
-//! (borrowing every valid line from its chunk, copying none) and [`Plan::encode_into`] writes
-//! the `logproto.PushRequest` wire format by hand with `prost::encoding`'s primitives, exactly
-//! the bytes prost's derived encoder writes for [`Plan::to_request`] (a test holds them equal).
+//! A chunk's entries arrive already in Loki's wire form, their lines UTF-8 ([`Entries`]), so a
+//! stream's `entries` are its chunks' bytes one after another: [`build`] only *plans* the
+//! request (borrowing each chunk's entries, copying none), and [`Plan::encode_into`] writes the
+//! `logproto.PushRequest` around them by hand with `prost::encoding`'s primitives, exactly the
+//! bytes prost's derived encoder writes for [`Plan::to_request`] (a test holds them equal).
+//! Nothing is done per line unless a line exceeds this receiver's `max_line_size` (the chunk
+//! knows its longest line): only such a chunk's entries are read and written again, each line
+//! truncated at a character boundary (so up to 3 bytes shorter than the limit) or dropped.
 //! The protobuf and snappy buffers are reused per thread: fresh megabyte buffers would be
 //! zeroed and page-faulted in on every batch.
 
@@ -28,7 +26,8 @@ use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, k
 
 use super::batch::Batch;
 use super::limits::{LabelProblem, Limits, LineAction, check_labels, check_line};
-use crate::logproto::{self, EntryAdapter, PushRequest, StreamAdapter};
+use crate::chunk::Entries;
+use crate::logproto::{PushRequest, StreamAdapter};
 use crate::target::{Labels, Stream};
 
 /// Scratch buffers larger than this are freed after use rather than kept for the next batch
@@ -44,7 +43,11 @@ pub struct Count {
 
 impl Count {
     fn add(&mut self, bytes: usize) {
-        self.entries += 1;
+        self.add_many(1, bytes);
+    }
+
+    fn add_many(&mut self, entries: usize, bytes: usize) {
+        self.entries += entries as u64;
         self.bytes += bytes as u64;
     }
 }
@@ -64,7 +67,7 @@ pub struct Built {
     pub label_problem: Option<(String, LabelProblem)>,
 }
 
-/// The push request of a batch, borrowing the batch's lines.
+/// The push request of a batch, borrowing the batch's entries.
 #[derive(Debug, Default)]
 pub struct Plan<'a> {
     streams: Vec<PlannedStream<'a>>,
@@ -75,10 +78,10 @@ struct PlannedStream<'a> {
     /// Borrowed from the target's stream unless `external_labels` added to it.
     labels: Cow<'a, str>,
     hash: u64,
-    entries: Vec<PlannedEntry<'a>>,
+    /// Wire-form entries, one run per chunk: borrowed unless the limits changed some line.
+    entries: Vec<Cow<'a, Entries>>,
     /// The encoded length of the `StreamAdapter`, kept up to date as entries are added (the
-    /// encoder needs every length before the bytes it measures; computing them as it went was
-    /// three passes over every entry).
+    /// encoder needs every length before the bytes it measures).
     len: usize,
 }
 
@@ -102,33 +105,10 @@ impl<'a> PlannedStream<'a> {
         }
     }
 
-    fn push(&mut self, timestamp: logproto::Timestamp, line: Cow<'a, str>) {
-        let entry = PlannedEntry::new(timestamp, line);
-        self.len += delimited_len(2, entry.len);
-        self.entries.push(entry);
-    }
-}
-
-#[derive(Debug)]
-struct PlannedEntry<'a> {
-    timestamp: logproto::Timestamp,
-    line: Cow<'a, str>,
-    /// The encoded length of the `EntryAdapter`.
-    len: usize,
-}
-
-impl<'a> PlannedEntry<'a> {
-    fn new(timestamp: logproto::Timestamp, line: Cow<'a, str>) -> PlannedEntry<'a> {
-        let line_len = if line.is_empty() {
-            0
-        } else {
-            delimited_len(2, line.len())
-        };
-        let len = delimited_len(1, timestamp.encoded_len()) + line_len;
-        PlannedEntry {
-            timestamp,
-            line,
-            len,
+    fn push(&mut self, entries: Cow<'a, Entries>) {
+        if !entries.is_empty() {
+            self.len += entries.wire_len();
+            self.entries.push(entries);
         }
     }
 }
@@ -200,43 +180,44 @@ pub fn build<'a>(
                 })
             });
         let Some(index) = slot else {
-            for entry in &chunk.entries {
-                built.invalid_labels.add(entry.line.len());
-            }
+            built
+                .invalid_labels
+                .add_many(chunk.entries.len(), chunk.entries.line_bytes());
             continue;
         };
-        let planned = &mut plan.streams[index];
-        planned.entries.reserve(chunk.entries.len());
-        for entry in &chunk.entries {
-            // Borrowed when valid UTF-8 (the rule): no copy. `from_utf8` first: it checks
-            // ASCII a word at a time, where the lossy walk (only needed for invalid lines)
-            // looks at every byte; that walk was 8 % of the relay's CPU at saturation.
-            let mut line = match std::str::from_utf8(&entry.line) {
-                Ok(text) => Cow::Borrowed(text),
-                Err(_) => String::from_utf8_lossy(&entry.line),
-            };
-            match check_line(line.len(), limits) {
-                LineAction::Keep => {}
-                LineAction::Truncate(max) => {
-                    let end = line.floor_char_boundary(max);
-                    match &mut line {
-                        Cow::Borrowed(s) => *s = &s[..end],
-                        Cow::Owned(s) => s.truncate(end),
-                    }
-                    built.truncated += 1;
-                }
-                LineAction::Drop => {
-                    built.line_too_long.add(line.len());
-                    continue;
-                }
-            }
-            built.sent.add(line.len());
-            planned.push(entry.timestamp.into(), line);
-        }
+        let entries = within_line_limit(&chunk.entries, limits, &mut built);
+        built.sent.add_many(entries.len(), entries.line_bytes());
+        plan.streams[index].push(entries);
     }
     // A stream whose every line was dropped must not be sent empty.
     plan.streams.retain(|s| !s.entries.is_empty());
     (plan, built)
+}
+
+/// A chunk's entries as this receiver's `max_line_size` allows them: borrowed as they are
+/// when no line exceeds it (the rule), else written again with each longer line truncated or
+/// dropped.
+fn within_line_limit<'a>(
+    entries: &'a Entries,
+    limits: &Limits,
+    built: &mut Built,
+) -> Cow<'a, Entries> {
+    if check_line(entries.longest(), limits) == LineAction::Keep {
+        return Cow::Borrowed(entries);
+    }
+    let mut kept = Entries::with_capacity(entries.wire_len());
+    for entry in entries {
+        match check_line(entry.line.len(), limits) {
+            LineAction::Keep => kept.push_str(entry.timestamp, entry.line),
+            LineAction::Truncate(max) => {
+                let end = entry.line.floor_char_boundary(max);
+                kept.push_str(entry.timestamp, &entry.line[..end]);
+                built.truncated += 1;
+            }
+            LineAction::Drop => built.line_too_long.add(entry.line.len()),
+        }
+    }
+    Cow::Owned(kept)
 }
 
 /// Builds and compresses the push body of a batch.
@@ -303,18 +284,9 @@ impl Plan<'_> {
                 encode_varint(stream.labels.len() as u64, buf);
                 buf.extend_from_slice(stream.labels.as_bytes());
             }
-            for entry in &stream.entries {
-                // StreamAdapter.entries = 2
-                encode_key(2, WireType::LengthDelimited, buf);
-                encode_varint(entry.len as u64, buf);
-                // EntryAdapter.timestamp = 1 (a present message is written even when empty)
-                prost::encoding::message::encode(1, &entry.timestamp, buf);
-                // EntryAdapter.line = 2
-                if !entry.line.is_empty() {
-                    encode_key(2, WireType::LengthDelimited, buf);
-                    encode_varint(entry.line.len() as u64, buf);
-                    buf.extend_from_slice(entry.line.as_bytes());
-                }
+            // StreamAdapter.entries = 2, already in wire form
+            for entries in &stream.entries {
+                buf.extend_from_slice(entries.wire());
             }
             // StreamAdapter.hash = 3
             if stream.hash != 0 {
@@ -335,18 +307,16 @@ impl Plan<'_> {
             streams: self
                 .streams
                 .iter()
-                .map(|s| StreamAdapter {
-                    labels: s.labels.to_string(),
-                    entries: s
-                        .entries
-                        .iter()
-                        .map(|e| EntryAdapter {
-                            timestamp: Some(e.timestamp),
-                            line: e.line.to_string(),
-                            structured_metadata: Vec::new(),
-                        })
-                        .collect(),
-                    hash: s.hash,
+                .map(|s| {
+                    let wire: Vec<u8> = s.entries.iter().flat_map(|e| e.wire()).copied().collect();
+                    let entries = StreamAdapter::decode(wire.as_slice())
+                        .expect("entries in wire form")
+                        .entries;
+                    StreamAdapter {
+                        labels: s.labels.to_string(),
+                        entries,
+                        hash: s.hash,
+                    }
                 })
                 .collect(),
         }
@@ -363,10 +333,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use bytes::Bytes;
-
     use super::*;
-    use crate::chunk::{Chunk, Entry};
+    use crate::chunk::{Chunk, Entries};
     use crate::receiver::batch::Batcher;
     use crate::receiver::queue::QueuedChunk;
     use crate::receiver::test_support::chunk_full;
@@ -424,7 +392,7 @@ mod tests {
         let first = &req.streams[0].entries[0];
         assert_eq!(
             jiff::Timestamp::try_from(first.timestamp.unwrap()).unwrap(),
-            web.entries[0].timestamp
+            web.entries.iter().next().unwrap().timestamp
         );
         assert_eq!(req.streams[0].hash, fnv1a(br#"{app="web", cluster="c1"}"#));
         assert_ne!(req.streams[0].hash, req.streams[1].hash);
@@ -443,11 +411,10 @@ mod tests {
             labels: Labels::from_pairs([("a".to_string(), "b".to_string())]),
             tenant: None,
         });
-        let entry = Entry {
-            timestamp: jiff::Timestamp::UNIX_EPOCH,
-            line: Bytes::from_static(b"ok \xff\xfe end"),
-        };
-        let chunk = Arc::new(Chunk::new(stream, vec![entry], 0, Instant::now(), None));
+        let entries: Entries = [(jiff::Timestamp::UNIX_EPOCH, &b"ok \xff\xfe end"[..])]
+            .into_iter()
+            .collect();
+        let chunk = Arc::new(Chunk::new(stream, entries, 0, Instant::now(), None));
         let req = decode(
             &encode(&batch_of(vec![chunk]), &[], &NO_LIMITS)
                 .unwrap()
@@ -521,14 +488,8 @@ mod tests {
     #[test]
     fn hand_encoding_is_byte_for_byte_prost() {
         let when = |s: i64, n: i32| jiff::Timestamp::new(s, n).unwrap();
-        let entries = |lines: &[(jiff::Timestamp, &[u8])]| -> Vec<Entry> {
-            lines
-                .iter()
-                .map(|(t, l)| Entry {
-                    timestamp: *t,
-                    line: Bytes::copy_from_slice(l),
-                })
-                .collect()
+        let entries = |lines: &[(jiff::Timestamp, &[u8])]| -> Entries {
+            lines.iter().map(|(t, l)| (*t, l)).collect()
         };
         let stream = |pairs: &[(&str, &str)]| {
             Arc::new(Stream {
@@ -545,7 +506,7 @@ mod tests {
             Arc::new(Chunk::new(
                 stream(&[("app", "a")]),
                 entries(&[
-                    (jiff::Timestamp::UNIX_EPOCH, b"first"),
+                    (jiff::Timestamp::UNIX_EPOCH, b"first".as_slice()),
                     (when(1_704_164_645, 0), b""),
                     (when(1_704_164_645, 123_456_789), b"bad \xff bytes"),
                     (when(1_704_164_646, 1), long.as_bytes()),
@@ -558,7 +519,7 @@ mod tests {
             // No labels of its own: refused alone, sent with external labels.
             Arc::new(Chunk::new(
                 stream(&[]),
-                entries(&[(when(1, 2), b"unlabelled")]),
+                entries(&[(when(1, 2), b"unlabelled".as_slice())]),
                 2,
                 Instant::now(),
                 None,

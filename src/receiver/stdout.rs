@@ -132,7 +132,7 @@ pub fn write_chunk(out: &mut Vec<u8>, chunk: &Chunk, format: LogFormat) {
                 // Writing to a Vec cannot fail.
                 let _ = write!(out, "ts={}{labels} line=", entry.timestamp);
                 line.clear();
-                push_logfmt_quoted(&mut line, &String::from_utf8_lossy(&entry.line));
+                push_logfmt_quoted(&mut line, entry.line);
                 out.extend_from_slice(line.as_bytes());
                 out.push(b'\n');
             }
@@ -147,7 +147,7 @@ pub fn write_chunk(out: &mut Vec<u8>, chunk: &Chunk, format: LogFormat) {
                 .collect();
             let labels = serde_json::Value::Object(labels).to_string();
             for entry in &chunk.entries {
-                let line = serde_json::Value::String(String::from_utf8_lossy(&entry.line).into());
+                let line = serde_json::Value::String(entry.line.into());
                 let _ = writeln!(
                     out,
                     r#"{{"ts":"{}","labels":{labels},"line":{line}}}"#,

@@ -2,13 +2,13 @@
 //! long-line policy into an entry (SPEC §5.2–§5.3).
 //!
 //! The read loop pushes every line it splits; [`Pending::line`] discards the `skip` lines the
-//! cursor says were already read, and collects the rest until the loop sends them as one chunk
-//! ([`Pending::take`]).
+//! cursor says were already read, and writes the rest in Loki's wire form ([`Entries`]) until
+//! the loop sends them as one chunk ([`Pending::take`]).
 
 use jiff::Timestamp;
 
 use super::line;
-use crate::chunk::Entry;
+use crate::chunk::Entries;
 use crate::config::model::{OnLongLine, TailConfig};
 use crate::cursor::{Admit, ReadCursor};
 use crate::telemetry::{self, LineDrop};
@@ -19,8 +19,7 @@ pub const MAX_CHUNK_BYTES: usize = 1 << 20;
 
 /// The chunk being filled.
 pub struct Pending {
-    pub entries: Vec<Entry>,
-    pub bytes: usize,
+    pub entries: Entries,
     pub read_at: std::time::Instant,
     pub last_timestamp: Option<Timestamp>,
     /// Lines dropped by policy since the last chunk (they move the position).
@@ -40,6 +39,10 @@ pub struct Pending {
 /// size. A quiet stream's line is sent at once.
 pub const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// The filling buffer a stream keeps between chunks whatever their size (a busy stream's
+/// chunk of `chunk_lines` 100-byte lines needs about this much).
+const KEEP_ROOM: usize = 64 * 1024;
+
 impl Default for Pending {
     fn default() -> Pending {
         Pending::new()
@@ -50,8 +53,7 @@ impl Pending {
     /// Empty, without room allocated: an idle tailer holds no entry buffer (SPEC §10).
     pub fn new() -> Pending {
         Pending {
-            entries: Vec::new(),
-            bytes: 0,
+            entries: Entries::new(),
             read_at: std::time::Instant::now(),
             last_timestamp: None,
             dropped: false,
@@ -78,17 +80,23 @@ impl Pending {
 
     /// Whether the chunk should go out now.
     pub fn full(&self, chunk_lines: usize) -> bool {
-        self.entries.len() >= chunk_lines || self.bytes >= MAX_CHUNK_BYTES
+        self.entries.len() >= chunk_lines || self.entries.line_bytes() >= MAX_CHUNK_BYTES
     }
 
-    /// The chunk so far, with its entries in an exactly sized vector (a chunk waiting in a
-    /// receiver's queue holds no spare room); `self` starts over, keeping its buffer for the
-    /// next chunk (at most `chunk_lines` entries, or 1 MiB of lines).
+    /// The chunk so far, its entries copied into an exactly sized buffer (a chunk waiting in a
+    /// receiver's queue holds no spare room); `self` starts over, keeping its buffer, warm in
+    /// the cache, for the next chunk — unless this chunk filled only a small part of it (the
+    /// stream turned quiet: a quiet tailer holds no large buffer).
     pub fn take(&mut self) -> Pending {
         self.last_sent = Some(tokio::time::Instant::now());
+        let entries = self.entries.clone();
+        self.entries = if self.entries.capacity() > KEEP_ROOM.max(4 * entries.wire_len()) {
+            Entries::new()
+        } else {
+            self.entries.cleared()
+        };
         Pending {
-            entries: self.entries.drain(..).collect(),
-            bytes: std::mem::take(&mut self.bytes),
+            entries,
             read_at: self.read_at,
             last_timestamp: self.last_timestamp.take(),
             dropped: std::mem::take(&mut self.dropped),
@@ -100,7 +108,12 @@ impl Pending {
 
     /// Handles one line: cursor, timestamp, long-line policy; adds it to the chunk. Returns
     /// whether the line was new (delivered, or dropped by policy).
-    pub fn line(&mut self, l: line::Line, cursor: &mut ReadCursor, config: &TailConfig) -> bool {
+    pub fn line(
+        &mut self,
+        l: line::Line<'_>,
+        cursor: &mut ReadCursor,
+        config: &TailConfig,
+    ) -> bool {
         let parsed = self.parser.parse(l.bytes);
         let (timestamp, second) = match parsed.timestamp {
             Some(ts) => (ts, ts.as_second()),
@@ -130,7 +143,7 @@ impl Pending {
                 }
                 OnLongLine::Truncate => {
                     telemetry::line_truncated();
-                    line::truncate_utf8(&parsed.text, max)
+                    line::truncate_utf8(parsed.text, max)
                 }
             }
         } else {
@@ -139,12 +152,8 @@ impl Pending {
         if self.entries.is_empty() {
             self.read_at = std::time::Instant::now();
         }
-        self.bytes += text.len();
         self.last_timestamp = Some(timestamp);
-        self.entries.push(Entry {
-            timestamp,
-            line: text,
-        });
+        self.entries.push(timestamp, text);
         true
     }
 }
@@ -157,8 +166,9 @@ mod tests {
     use tokio::time::Instant;
 
     fn add(pending: &mut Pending, cursor: &mut ReadCursor, text: &str) {
+        let text = format!("2024-05-01T10:00:00Z {text}");
         let l = line::Line {
-            bytes: bytes::Bytes::from(format!("2024-05-01T10:00:00Z {text}")),
+            bytes: text.as_bytes(),
             truncated: false,
         };
         assert!(pending.line(l, cursor, &TailConfig::default()));

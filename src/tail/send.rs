@@ -56,7 +56,10 @@ impl Shell {
         let pending = self.pending.take();
         // The totals go to the tracker; the status only learns of a new container instance.
         self.show_container();
-        let (lines, bytes) = (pending.entries.len() as u64, pending.bytes as u64);
+        let (lines, bytes) = (
+            pending.entries.len() as u64,
+            pending.entries.line_bytes() as u64,
+        );
         let seq = self.args.acks.send(
             position,
             SentChunk {

@@ -5,12 +5,14 @@
 //! nothing itself. Performing means:
 //!
 //! - **Open**: one `pods/log` request (the only API request of an open: the pod's state comes
-//!   from the pod watch, through the target updates the registry sends), then reading the body
-//!   with `fill_buf`/`consume` into the bounded [`LineSplitter`] (never `lines()`: a line is
-//!   never buffered whole beyond `max_line_size`) and [`Pending`], which applies the cursor.
-//!   A chunk goes out as soon as it holds `chunk_lines` entries or ~1 MiB, *or* the stream has
-//!   no more bytes ready (a busy stream first gathers lines for up to [`LINGER`](super::pending::LINGER)); each send is awaited, so a full receiver queue pushes back to the
-//!   stream. Deadlines (rotation, drain), a drain request and a reload's new client are checked
+//!   from the pod watch, through the target updates the registry sends), then reading the
+//!   body's frames into the bounded [`LineSplitter`] (never `lines()`: a line is never
+//!   buffered whole beyond `max_line_size`) and [`Pending`], which applies the cursor and
+//!   writes each line into the chunk in Loki's wire form before the next is cut. A chunk goes
+//!   out as soon as it holds `chunk_lines` entries or ~1 MiB, *or* the stream has no more
+//!   bytes ready (a busy stream first gathers lines for up to
+//!   [`LINGER`](super::pending::LINGER)); each send is awaited, so a full receiver queue
+//!   pushes back to the stream. Deadlines (rotation, drain), a drain request and a reload's new client are checked
 //!   while waiting for bytes *and* between reads, so a stream that never catches up still
 //!   rotates, drains and swaps clients.
 //! - **Decide**: [`termination::decide`] on the watched [`ContainerState`]. Only a target no
@@ -218,7 +220,6 @@ impl Shell {
         let opened = Instant::now();
         let config = self.args.config.clone();
         let mut splitter = LineSplitter::new(config.max_line_size.saturating_add(TIMESTAMP_ROOM));
-        let mut lines = Vec::new();
         let mut delivered = 0u64;
         let mut watches = Watches::new(&self.args.drain, &self.args.client);
         self.pending.new_stream();
@@ -275,8 +276,10 @@ impl Shell {
                     return self.failed(StreamError::Read(e));
                 }
             };
-            splitter.push(bytes, &mut |l| lines.push(l));
-            for l in lines.drain(..) {
+            // Each line is written into the chunk before the next is cut: the frame is
+            // dropped at the end of this block, and its buffer is free for the next read.
+            let mut at = 0;
+            while let Some(l) = splitter.next_line(&bytes, &mut at) {
                 delivered += u64::from(self.pending.line(l, &mut self.cursor, &config));
                 if self.pending.full(config.chunk_lines) && !self.flush().await {
                     return self.step(Event::ForwarderGone);
@@ -395,9 +398,8 @@ pub(super) trait Frames: Stream<Item = std::io::Result<Bytes>> + Unpin {}
 
 impl<T: Stream<Item = std::io::Result<Bytes>> + Unpin> Frames for T {}
 
-/// The body's next frame (`None` at its end). The lines inside are sub-slices of it: nothing is
-/// copied here ([`logs`] copies small HTTP/1.1 frames first). Cancel-safe: a frame is taken
-/// only when it is ready.
+/// The body's next frame (`None` at its end). Cancel-safe: a frame is taken only when it is
+/// ready.
 async fn next_frame<F: Frames>(frames: &mut F) -> std::io::Result<Option<Bytes>> {
     frames.next().await.transpose()
 }

@@ -244,7 +244,7 @@ mod tests {
         fn handle(&mut self, Forward(chunk): Forward, _: &mut Context<Self>) {
             let mut lines = self.lines.lock().unwrap();
             for e in &chunk.entries {
-                lines.push(String::from_utf8_lossy(&e.line).into_owned());
+                lines.push(e.line.to_string());
             }
             self.seqs.lock().unwrap().push(chunk.seq);
             chunk.expect_finishers(1);

@@ -14,8 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::Actor as _;
-use bytes::Bytes;
-use kube_log_relay::chunk::{AckSender, Chunk, Entry};
+use kube_log_relay::chunk::{AckSender, Chunk, Entries};
 use kube_log_relay::config::{LokiConfig, OnFull};
 use kube_log_relay::forward::{Forward, Forwarder, Shutdown};
 use kube_log_relay::receiver::{ReceiverHandle, start_loki_on};
@@ -90,12 +89,8 @@ fn stream(labels: &[(&str, &str)], tenant: Option<&str>) -> Arc<Stream> {
 
 /// A tailer's chunk `seq`: `lines` lines named after it, 18 bytes each.
 fn chunk(stream: &Arc<Stream>, seq: u64, lines: usize, ack: &AckSender) -> Chunk {
-    let entries = (0..lines)
-        .map(|i| Entry {
-            timestamp: jiff::Timestamp::from_second(1_700_000_000 + seq as i64).unwrap(),
-            line: Bytes::from(line(seq, i)),
-        })
-        .collect();
+    let timestamp = jiff::Timestamp::from_second(1_700_000_000 + seq as i64).unwrap();
+    let entries: Entries = (0..lines).map(|i| (timestamp, line(seq, i))).collect();
     Chunk::new(
         stream.clone(),
         entries,

@@ -8,23 +8,20 @@
 //!
 //! Dropping a chunk without finishing it is *not* an acknowledgement: lines a receiver never
 //! delivered (shutdown timeout) must be read again after a restart.
+//!
+//! A chunk's entries are already in Loki's wire form ([`wire`]).
+
+mod wire;
+
+pub use wire::{Entries, EntryRef};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use bytes::Bytes;
-use jiff::Timestamp;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::target::Stream;
-
-/// One log line with its timestamp.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    pub timestamp: Timestamp,
-    pub line: Bytes,
-}
 
 /// Receives the sequence numbers of a tailer's acknowledged chunks, in any order.
 ///
@@ -51,7 +48,7 @@ pub type AckSender = Arc<dyn Acknowledge>;
 pub struct Chunk {
     /// Labels and tenant of the target it came from.
     pub stream: Arc<Stream>,
-    pub entries: Vec<Entry>,
+    pub entries: Entries,
     /// Sum of the line lengths, what queues and batches account in.
     pub bytes: usize,
     /// When the first entry was read (for `loki_write_entry_propagation_latency_seconds`).
@@ -72,12 +69,12 @@ impl Chunk {
     /// Builds a chunk; `ack` receives `seq` once every receiver finished with it.
     pub fn new(
         stream: Arc<Stream>,
-        entries: Vec<Entry>,
+        entries: Entries,
         seq: u64,
         read_at: Instant,
         ack: Option<AckSender>,
     ) -> Chunk {
-        let bytes = entries.iter().map(|e| e.line.len()).sum();
+        let bytes = entries.line_bytes();
         Chunk {
             stream,
             entries,
@@ -119,9 +116,7 @@ pub(crate) mod test_support {
     use std::sync::Arc;
     use std::time::Instant;
 
-    use bytes::Bytes;
-
-    use super::{AckSender, Chunk, Entry};
+    use super::{AckSender, Chunk, Entries};
     use crate::target::{Labels, Stream, TargetId};
 
     /// The target `ns/<pod>/c` with the UID `u-<pod>`.
@@ -169,12 +164,12 @@ pub(crate) mod test_support {
         seq: u64,
         ack: Option<AckSender>,
     ) -> Chunk {
-        let entries = lines
+        let entries: Entries = lines
             .iter()
             .enumerate()
-            .map(|(i, l)| Entry {
-                timestamp: jiff::Timestamp::from_second(1_700_000_000 + i as i64).unwrap(),
-                line: Bytes::copy_from_slice(l.as_bytes()),
+            .map(|(i, l)| {
+                let timestamp = jiff::Timestamp::from_second(1_700_000_000 + i as i64).unwrap();
+                (timestamp, l)
             })
             .collect();
         Chunk::new(stream(tenant, labels), entries, seq, Instant::now(), ack)
