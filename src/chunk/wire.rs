@@ -155,19 +155,9 @@ impl Entries {
         self.wire.len()
     }
 
-    /// Bytes of room for wire form, used or not.
-    pub fn capacity(&self) -> usize {
-        self.wire.capacity()
-    }
-
-    /// No entries, keeping the room (a buffer to fill again).
-    pub fn cleared(&mut self) -> Entries {
-        let mut wire = std::mem::take(&mut self.wire);
-        wire.clear();
-        Entries {
-            wire,
-            ..Entries::new()
-        }
+    /// Gives back the room beyond what the entries need.
+    pub fn shrink_to_fit(&mut self) {
+        self.wire.shrink_to_fit();
     }
 
     /// The entries, read back (the stdout receiver, a receiver whose line limit some line

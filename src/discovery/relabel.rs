@@ -12,6 +12,8 @@
 //! [`default_rules`] are the rules used when the configuration gives none; they are ordinary rules
 //! so `/api/v1/config` can show what runs.
 
+use std::sync::LazyLock;
+
 use md5::{Digest, Md5};
 use regex::Regex;
 
@@ -24,13 +26,19 @@ pub fn anchored(pattern: &str) -> Result<Regex, regex::Error> {
     Regex::new(&format!("^(?s:{pattern})$"))
 }
 
+/// The regexes every default rule uses, compiled once: each compile builds automata (about a
+/// third of a millisecond), and the default rules and every rule's defaults used to compile
+/// them twenty times at each start and reload. A clone shares the compiled regex.
+static ANY: LazyLock<Regex> = LazyLock::new(|| anchored("(.*)").expect("static regex"));
+static NON_EMPTY: LazyLock<Regex> = LazyLock::new(|| anchored("(.+)").expect("static regex"));
+
 /// A rule with Prometheus' defaults: separator `;`, regex `(.*)`, replacement `$1`, action
 /// `replace`, no source or target label.
 pub fn rule_with_defaults() -> RelabelRule {
     RelabelRule {
         source_labels: Vec::new(),
         separator: ";".into(),
-        regex: anchored("(.*)").expect("the default regex compiles"),
+        regex: ANY.clone(),
         modulus: 0,
         target_label: String::new(),
         replacement: "$1".into(),
@@ -158,7 +166,7 @@ fn apply(rule: &RelabelRule, labels: &mut LabelMap) -> bool {
 fn copy(from: &str, to: &str) -> RelabelRule {
     RelabelRule {
         source_labels: vec![from.into()],
-        regex: anchored("(.+)").expect("static regex"),
+        regex: NON_EMPTY.clone(),
         target_label: to.into(),
         ..rule_with_defaults()
     }

@@ -301,6 +301,7 @@ fn fast_utc(s: &[u8]) -> Option<Timestamp> {
 
 /// The value of eight ASCII digits, `None` unless all eight are digits: each byte checked and
 /// converted in the same 64-bit word (the well-known SWAR digit tricks, as simdjson's).
+#[inline]
 fn eight_digits(s: &[u8]) -> Option<u32> {
     let word = u64::from_le_bytes(s.try_into().ok()?);
     // A digit is 0x30..=0x39: its high nibble is 3, and adding 6 does not carry out of its low.

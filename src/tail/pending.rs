@@ -39,10 +39,6 @@ pub struct Pending {
 /// size. A quiet stream's line is sent at once.
 pub const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The filling buffer a stream keeps between chunks whatever their size (a busy stream's
-/// chunk of `chunk_lines` 100-byte lines needs about this much).
-const KEEP_ROOM: usize = 64 * 1024;
-
 impl Default for Pending {
     fn default() -> Pending {
         Pending::new()
@@ -83,18 +79,16 @@ impl Pending {
         self.entries.len() >= chunk_lines || self.entries.line_bytes() >= MAX_CHUNK_BYTES
     }
 
-    /// The chunk so far, its entries copied into an exactly sized buffer (a chunk waiting in a
-    /// receiver's queue holds no spare room); `self` starts over, keeping its buffer, warm in
-    /// the cache, for the next chunk — unless this chunk filled only a small part of it (the
-    /// stream turned quiet: a quiet tailer holds no large buffer).
+    /// The chunk so far; `self` starts over with room for a chunk like this one. The entries
+    /// are handed over as they were written, not copied (a tenth more room than the last
+    /// chunk's leaves little spare in a busy stream's chunks, and mimalloc shrinks a block in
+    /// place), and a stream that turns quiet gets a small buffer with its next chunk.
     pub fn take(&mut self) -> Pending {
         self.last_sent = Some(tokio::time::Instant::now());
-        let entries = self.entries.clone();
-        self.entries = if self.entries.capacity() > KEEP_ROOM.max(4 * entries.wire_len()) {
-            Entries::new()
-        } else {
-            self.entries.cleared()
-        };
+        let written = self.entries.wire_len();
+        let next = Entries::with_capacity(written + written / 8);
+        let mut entries = std::mem::replace(&mut self.entries, next);
+        entries.shrink_to_fit();
         Pending {
             entries,
             read_at: self.read_at,
