@@ -223,6 +223,9 @@ impl Shell {
         let mut delivered = 0u64;
         let mut watches = Watches::new(&self.args.drain, &self.args.client);
         self.pending.new_stream();
+        // When the last frame arrived: the read time of its lines, and "now" for the linger
+        // decision right after them (the clock is read once per frame).
+        let mut frame_at = opened;
         loop {
             let next = match next_frame(frames).now_or_never() {
                 // A backlog: check deadlines, drain and client between reads too.
@@ -233,7 +236,7 @@ impl Shell {
                 None => {
                     // Nothing more ready: send what we have before waiting, unless the stream
                     // is busy and may gather more for a moment.
-                    let linger = self.pending.linger_until(Instant::now());
+                    let linger = self.pending.linger_until(frame_at);
                     if linger.is_none() && !self.flush().await {
                         return self.step(Event::ForwarderGone);
                     }
@@ -258,7 +261,9 @@ impl Shell {
                     if matches!(read, Read::Previous | Read::Remainder)
                         && let Some(l) = splitter.finish()
                     {
-                        delivered += u64::from(self.pending.line(l, &mut self.cursor, &config));
+                        let now = Instant::now();
+                        delivered +=
+                            u64::from(self.pending.line(l, &mut self.cursor, &config, now));
                     }
                     if !self.flush().await {
                         return self.step(Event::ForwarderGone);
@@ -278,9 +283,11 @@ impl Shell {
             };
             // Each line is written into the chunk before the next is cut: the frame is
             // dropped at the end of this block, and its buffer is free for the next read.
+            frame_at = Instant::now();
             let mut at = 0;
             while let Some(l) = splitter.next_line(&bytes, &mut at) {
-                delivered += u64::from(self.pending.line(l, &mut self.cursor, &config));
+                let new = self.pending.line(l, &mut self.cursor, &config, frame_at);
+                delivered += u64::from(new);
                 if self.pending.full(config.chunk_lines) && !self.flush().await {
                     return self.step(Event::ForwarderGone);
                 }
