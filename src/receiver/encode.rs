@@ -23,6 +23,7 @@ use std::collections::HashMap;
 
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use smallvec::SmallVec;
 
 use super::batch::Batch;
 use super::limits::{LabelProblem, Limits, LineAction, check_labels, check_line};
@@ -79,7 +80,9 @@ struct PlannedStream<'a> {
     labels: Cow<'a, str>,
     hash: u64,
     /// Wire-form entries, one run per chunk: borrowed unless the limits changed some line.
-    entries: Vec<Cow<'a, Entries>>,
+    /// Inline for one chunk: thousands of quiet streams make as many planned streams of one
+    /// chunk each per batch, and a vector each was an allocation per line.
+    entries: SmallVec<[Cow<'a, Entries>; 1]>,
     /// The encoded length of the `StreamAdapter`, kept up to date as entries are added (the
     /// encoder needs every length before the bytes it measures).
     len: usize,
@@ -100,7 +103,7 @@ impl<'a> PlannedStream<'a> {
         PlannedStream {
             labels,
             hash,
-            entries: Vec::new(),
+            entries: SmallVec::new(),
             len: labels_len + hash_len,
         }
     }
@@ -136,14 +139,18 @@ pub fn build<'a>(
     limits: &Limits,
 ) -> (Plan<'a>, Built) {
     let mut built = Built::default();
-    let mut plan = Plan::default();
+    // Sized for a stream per chunk (thousands of quiet streams): no growing per batch.
+    let chunks = batch.chunks.len();
+    let mut plan = Plan {
+        streams: Vec::with_capacity(chunks),
+    };
     // Per stream (by identity of its shared `Arc<Stream>`): the index of its planned stream, or
     // None when its labels are refused.
     let mut by_stream: HashMap<*const Stream, Option<usize>, foldhash::fast::RandomState> =
-        HashMap::default();
+        HashMap::with_capacity_and_hasher(chunks, Default::default());
     // Planned streams by their label text, looked up with the stream hash each label set
     // carries: no hashing of the text per batch.
-    let mut by_text: hashbrown::HashTable<usize> = hashbrown::HashTable::new();
+    let mut by_text: hashbrown::HashTable<usize> = hashbrown::HashTable::with_capacity(chunks);
     for item in &batch.chunks {
         let chunk = &item.chunk;
         let slot = *by_stream
