@@ -155,6 +155,16 @@ impl Entries {
         self.wire.len()
     }
 
+    /// Bytes of room for wire form, used or not.
+    pub fn capacity(&self) -> usize {
+        self.wire.capacity()
+    }
+
+    /// Room for at least `bytes` more of wire form.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.wire.reserve(bytes);
+    }
+
     /// Gives back the room beyond what the entries need.
     pub fn shrink_to_fit(&mut self) {
         self.wire.shrink_to_fit();

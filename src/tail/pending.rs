@@ -32,6 +32,8 @@ pub struct Pending {
     last_sent: Option<tokio::time::Instant>,
     /// When the last line was read.
     last_read: tokio::time::Instant,
+    /// Room the next chunk's first line reserves: a tenth more than the last chunk took.
+    room: usize,
     /// This stream's timestamps (it remembers their minute).
     parser: line::LineParser,
 }
@@ -59,6 +61,7 @@ impl Pending {
             last_second: None,
             last_sent: None,
             last_read: tokio::time::Instant::now(),
+            room: 0,
             parser: line::LineParser::default(),
         }
     }
@@ -83,15 +86,16 @@ impl Pending {
         self.entries.len() >= chunk_lines || self.entries.line_bytes() >= MAX_CHUNK_BYTES
     }
 
-    /// The chunk so far; `self` starts over with room for a chunk like this one. The entries
-    /// are handed over as they were written, not copied (a tenth more room than the last
-    /// chunk's leaves little spare in a busy stream's chunks, and mimalloc shrinks a block in
-    /// place), and a stream that turns quiet gets a small buffer with its next chunk.
+    /// The chunk so far; `self` starts over, empty. The entries are handed over as they were
+    /// written, not copied: the next chunk's first line reserves a tenth more room than this
+    /// chunk took (little spare in a busy stream's chunks, and mimalloc keeps a block that
+    /// shrinks by less than half where it is), and a tailer whose stream went quiet after its
+    /// last chunk holds no buffer.
     pub fn take(&mut self) -> Pending {
         self.last_sent = Some(self.last_read);
         let written = self.entries.wire_len();
-        let next = Entries::with_capacity(written + written / 8);
-        let mut entries = std::mem::replace(&mut self.entries, next);
+        self.room = written + written / 8;
+        let mut entries = std::mem::take(&mut self.entries);
         entries.shrink_to_fit();
         Pending {
             entries,
@@ -101,6 +105,7 @@ impl Pending {
             last_second: self.last_second,
             last_sent: self.last_sent,
             last_read: self.last_read,
+            room: self.room,
             parser: line::LineParser::default(),
         }
     }
@@ -154,6 +159,7 @@ impl Pending {
         };
         if self.entries.is_empty() {
             self.read_at = read_at.into_std();
+            self.entries.reserve(self.room);
         }
         self.last_timestamp = Some(timestamp);
         self.entries.push(timestamp, text);
@@ -175,6 +181,33 @@ mod tests {
             truncated: false,
         };
         assert!(pending.line(l, cursor, &TailConfig::default(), Instant::now()));
+    }
+
+    #[test]
+    fn between_chunks_a_stream_holds_no_buffer_and_the_next_chunk_reserves_like_the_last() {
+        let mut pending = Pending::new();
+        let mut cursor = ReadCursor::new(Cursor::BEGINNING);
+        for n in 0..100 {
+            add(
+                &mut pending,
+                &mut cursor,
+                &format!("line {n} of a busy stream"),
+            );
+        }
+        let taken = pending.take();
+        assert_eq!(taken.entries.len(), 100);
+        assert_eq!(
+            taken.entries.capacity(),
+            taken.entries.wire_len(),
+            "no spare room queued"
+        );
+        assert_eq!(
+            pending.entries.capacity(),
+            0,
+            "nothing held while the stream is quiet"
+        );
+        add(&mut pending, &mut cursor, "the next chunk's first line");
+        assert!(pending.entries.capacity() >= taken.entries.wire_len());
     }
 
     #[tokio::test(start_paused = true)]
