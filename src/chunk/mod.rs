@@ -9,7 +9,7 @@
 //! Dropping a chunk without finishing it is *not* an acknowledgement: lines a receiver never
 //! delivered (shutdown timeout) must be read again after a restart.
 //!
-//! A chunk's entries are already in Loki's wire form ([`wire`]).
+//! A chunk's entries are already in Loki's wire form ([`Entries`]).
 
 mod wire;
 

@@ -21,7 +21,7 @@
 //! error) fails only its own requests; their streams reopen from their cursors.
 //!
 //! A followed log over HTTP/1.1 (a request marked [`LogStream`]) gets a connection of its own,
-//! read without hyper by the task that reads the body ([`stream`]); everything else goes
+//! read without hyper by the task that reads the body (`pool::stream`); everything else goes
 //! through hyper's connections here.
 //!
 //! Connections' reads are paced ([`crate::net::pace`]): a connection whose followed logs trickle
@@ -53,7 +53,7 @@ use crate::telemetry;
 mod stream;
 
 /// Marks a request as a followed log (`pods/log`): over HTTP/1.1 it gets a connection of its
-/// own, read by the task that reads its body ([`stream`]).
+/// own, read by the task that reads its body (`pool::stream`).
 #[derive(Clone, Copy, Debug)]
 pub struct LogStream;
 
@@ -279,7 +279,7 @@ enum Sender {
 
 impl Conn {
     /// A live HTTP/1.1 connection nothing is sent on through the pool: one being made (its
-    /// sender comes with the handshake) or a followed log's own ([`stream`]).
+    /// sender comes with the handshake) or a followed log's own (`pool::stream`).
     fn without_sender(id: u64, absolute_form: bool) -> Conn {
         Conn {
             id,
@@ -566,7 +566,7 @@ impl Shared {
         self.changed.notify_waiters();
     }
 
-    /// Counts a connection made for one followed log ([`stream`]) until the guard drops.
+    /// Counts a connection made for one followed log (`pool::stream`) until the guard drops.
     fn dedicate(self: &Arc<Self>, absolute_form: bool) -> Dedicated {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn::without_sender(id, absolute_form));
