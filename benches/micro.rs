@@ -131,7 +131,7 @@ fn chunks(chunks: usize) -> Vec<Arc<Chunk>> {
 }
 
 fn line_bytes(chunks: &[Arc<Chunk>]) -> u64 {
-    chunks.iter().map(|c| c.bytes as u64).sum()
+    chunks.iter().map(|c| c.bytes() as u64).sum()
 }
 
 fn batching(c: &mut Criterion) {

@@ -49,8 +49,6 @@ pub struct Chunk {
     /// Labels and tenant of the target it came from.
     pub stream: Arc<Stream>,
     pub entries: Entries,
-    /// Sum of the line lengths, what queues and batches account in.
-    pub bytes: usize,
     /// When the first entry was read (for `loki_write_entry_propagation_latency_seconds`).
     pub read_at: Instant,
     /// Position of this chunk in its tailer's sequence.
@@ -74,16 +72,19 @@ impl Chunk {
         read_at: Instant,
         ack: Option<AckSender>,
     ) -> Chunk {
-        let bytes = entries.line_bytes();
         Chunk {
             stream,
             entries,
-            bytes,
             read_at,
             seq,
             pending: AtomicUsize::new(0),
             ack,
         }
+    }
+
+    /// Sum of the line lengths, what queues and batches account in.
+    pub fn bytes(&self) -> usize {
+        self.entries.line_bytes()
     }
 
     /// Sets how many receivers must finish this chunk; called by the forwarder before fan-out.
@@ -190,7 +191,7 @@ mod tests {
     fn acknowledged_once_when_every_receiver_finished() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let c = chunk(tx);
-        assert_eq!(c.bytes, 6);
+        assert_eq!(c.bytes(), 6);
         c.expect_finishers(2);
         c.finish();
         assert!(rx.try_recv().is_err());

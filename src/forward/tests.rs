@@ -257,7 +257,7 @@ async fn on_full_drop_counts_drops_exactly_and_bounds_the_queue() {
         let lines: Vec<String> = (0..10).map(|i| format!("l-{seq:03}-{i:04}")).collect();
         let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
         let c = plain_chunk(None, &[("app", "a")], &refs, seq, Some(ack.clone()));
-        assert_eq!(c.bytes, 100);
+        assert_eq!(c.bytes(), 100);
         forwarder.send(Forward(c)).await.unwrap();
         assert!(receiver.queued_bytes() <= 1000);
     }

@@ -171,7 +171,7 @@ fn pool_for(cfg: &KubernetesConfig, config: &::kube::Config) -> Result<Pool, Kub
         // Nothing is verified over plain HTTP (`kubectl proxy`): kube's configuration would
         // load and parse the system's CA bundle for nothing (milliseconds at every start and
         // reload).
-        plain_http_tls()
+        crate::net::tls::without_roots()
     };
     let server_name = match &config.tls_server_name {
         Some(name) => Some(
@@ -204,16 +204,6 @@ fn pool_for(cfg: &KubernetesConfig, config: &::kube::Config) -> Result<Pool, Kub
         connector,
         cfg.max_streams_per_connection as usize,
     ))
-}
-
-/// The TLS configuration of a pool whose API server speaks plain HTTP: never used, since the
-/// connector only speaks TLS to an `https` URL, and built without any root.
-fn plain_http_tls() -> rustls::ClientConfig {
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth()
 }
 
 /// An `Authorization` header built from a credential file (`bearer_token_file`,

@@ -101,6 +101,16 @@ fn certificates(
     Ok(certs)
 }
 
+/// A rustls configuration that trusts nothing, for a connector that must be given one but
+/// only ever speaks plain HTTP (an `http://` API server).
+pub fn without_roots() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth()
+}
+
 /// The rustls configuration of a client's `tls_config`: the configured CA (else the public
 /// roots), the client identity, `insecure_skip_verify` and `min_version`; no ALPN.
 pub fn client_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, TlsError> {

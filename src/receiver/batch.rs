@@ -64,7 +64,7 @@ impl Batch {
 
     fn add(&mut self, mut item: QueuedChunk) {
         self.room.hold(&mut item);
-        self.bytes += item.chunk.bytes;
+        self.bytes += item.chunk.bytes();
         self.entries += item.chunk.entries.len();
         self.chunks.push(item);
     }

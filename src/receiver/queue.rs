@@ -173,7 +173,7 @@ impl Shared {
             &self.name,
             SendDrop::ReceiverRemoved,
             entries,
-            chunk.bytes as u64,
+            chunk.bytes() as u64,
         );
         chunk.finish();
     }
@@ -233,7 +233,7 @@ impl QueueSender {
                         &shared.name,
                         SendDrop::QueueFull,
                         entries,
-                        chunk.bytes as u64,
+                        chunk.bytes() as u64,
                     );
                     chunk.finish();
                     None
@@ -330,7 +330,7 @@ impl QueueStats {
 }
 
 fn cost(chunk: &Chunk, capacity: usize) -> u32 {
-    chunk.bytes.clamp(1, capacity) as u32
+    chunk.bytes().clamp(1, capacity) as u32
 }
 
 /// The receiver's end of a queue. Dropping it drops (unfinished) what is still queued.

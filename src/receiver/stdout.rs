@@ -75,7 +75,7 @@ impl StreamHandler<QueuedChunk> for StdoutReceiver {
         }
         let chunk = &item.chunk;
         self.sent_entries += chunk.entries.len() as u64;
-        telemetry::sent(NAME, chunk.entries.len() as u64, chunk.bytes as u64);
+        telemetry::sent(NAME, chunk.entries.len() as u64, chunk.bytes() as u64);
         telemetry::propagation_latency(NAME, chunk.read_at.elapsed());
         item.finish();
     }
